@@ -37,14 +37,39 @@ help: ## Show this help
 .PHONY: setup
 setup: $(VENV)/.installed ## Create .venv with the package installed (editable)
 
+STUDY_ARGS = --study $(STUDY) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA)) \
+             $(if $(JOBS),--jobs $(JOBS)) $(if $(GPUS),--gpus $(GPUS))
+
 .PHONY: reproduce
-reproduce: $(VENV)/.installed ## Run the degradation study (GPU: full profile; CPU: smoke), then build the report
-	@echo "The study runner is not built yet (issue 4): nothing was trained."; exit 1
+reproduce: $(VENV)/.installed ## Run the study (GPU: full profile; CPU: smoke) into MLflow, then build the report
+	@status=0; $(BIN)/python -m resnet.study $(STUDY_ARGS) || status=$$?; \
+	if [ $$status -ne 130 ]; then $(BIN)/python -m resnet.report || { [ $$status -ne 0 ] || status=1; }; fi; \
+	echo; echo "Browse the runs: make ui   (MLflow on http://127.0.0.1:$(PORT))"; exit $$status
+
+# The report is a real file: rebuilt when the package changes or the store has new runs.
+reports/degradation.html: $(VENV)/.installed $(wildcard resnet/*.py) $(wildcard mlflow.db)
+	$(BIN)/python -m resnet.report
+
+.PHONY: report
+report: reports/degradation.html ## Build reports/degradation.html from the finished runs in MLflow (no training)
+
+.PHONY: ui
+ui: $(VENV)/.installed ## Serve the MLflow UI for this project's store on 127.0.0.1 (PORT=5000)
+	$(BIN)/python -m resnet.ui --port $(PORT)
+
+# Debian's Chromium renders the report in the browser test; installed once, here as in CI.
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 .PHONY: test
-test: $(VENV)/.installed-test ## Run the test suite (CPU only, a few minutes)
+test: $(VENV)/.installed-test chromium ## Run the test suite (CPU only, a few minutes)
 	$(BIN)/python -m pytest
 
 .PHONY: clean
 clean: ## Remove generated reports (keeps the venv, data cache and MLflow store)
 	rm -rf reports/*.html reports/figures
+
+.PHONY: bench
+bench: $(VENV)/.installed ## Measure training images/s: the source document's loop vs ours (MODELS=...)
+	$(BIN)/python -m resnet.bench $(if $(filter command line,$(origin MODELS)),--models $(MODELS))

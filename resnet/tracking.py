@@ -87,4 +87,5 @@ def git_state() -> dict[str, str]:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
     except (OSError, subprocess.CalledProcessError):
-        return {"git_commit": "unknown", "git_dirty": "unknown"}
+        # A copy without .git (a remote GPU machine, say): the launcher may say which commit it is.
+        return {"git_commit": os.environ.get("RESNET_GIT_COMMIT", "unknown"), "git_dirty": os.environ.get("RESNET_GIT_DIRTY", "unknown")}

@@ -1,0 +1,176 @@
+"""Training throughput, side by side in one process: the source document's loop against ours.
+
+(a) reference: torchvision transforms in a Dataset, ``DataLoader(num_workers=4)``, fp32, batch 128,
+    ``torch.optim.SGD``: the way the blog reproduction trains;
+(b) ours, eager: data resident on the device, augmented there per epoch, bf16 autocast and
+    channels_last on CUDA;
+(c) ours, as ``train()`` runs it: (b) with the whole step captured in a CUDA graph on CUDA.
+
+Prints images/s for each, the ratio (c)/(a), and the share of the device's peak bf16 FLOP/s,
+counting 6 x multiply-adds per image for a training step (2 FLOPs per multiply-add; the backward
+pass costs about twice the forward). A measurement, not a test: numbers depend on the machine.
+
+    python -m resnet.bench --models resnet18,resnet34 --steps 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .data import MEAN, STD, load_cifar10
+from .models import build_model, count_multiply_adds, list_models
+from .train import SGD, augment, make_train_step, normalise, resolve_device
+
+# Dense bf16 tensor-core peaks from the vendors' data sheets, by device-name fragment.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12,
+                   "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "RTX 4090": 165e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for fragment, peak in PEAK_BF16_FLOPS.items() if fragment in name), None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _TransformedImages(torch.utils.data.Dataset):
+    """Like ``torchvision.datasets.CIFAR10``: a PIL image per item through the transforms."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        import torchvision.transforms as T
+
+        self.images = images.permute(0, 2, 3, 1).numpy()
+        self.labels = labels.tolist()
+        self.transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
+
+
+def reference_loop(model_name: str, images, labels, device, batch_size: int, steps: int, warmup: int, workers: int) -> float:
+    """Images/s of the source document's loop."""
+    torch.manual_seed(0)
+    model = build_model(model_name).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    loader = torch.utils.data.DataLoader(
+        _TransformedImages(images, labels), batch_size=batch_size, shuffle=True, drop_last=True,
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+    )
+    model.train()
+    done, started = 0, None
+    while done < warmup + steps:
+        for x, y in loader:
+            if done == warmup:
+                _sync(device)
+                started = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if done == warmup + steps:
+                break
+    _sync(device)
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def project_loop(model_name: str, images, labels, device, batch_size: int, steps: int, warmup: int, step_mode: str) -> tuple[float, str, float]:
+    """Images/s of our loop (augmentation of the images it uses included), the step mode it ran
+    in, and the mean training loss over the timed steps (for comparing eager with the graph)."""
+    torch.manual_seed(0)
+    on_cuda = device.type == "cuda"
+    model = build_model(model_name).to(device, memory_format=torch.channels_last if on_cuda else torch.contiguous_format)
+    dtype = torch.bfloat16 if on_cuda else torch.float32
+    lr = torch.tensor(0.1, device=device)
+    optimizer = SGD(model.parameters(), lr, momentum=0.9, weight_decay=1e-4)
+    generator = torch.Generator(device=device).manual_seed(0)
+    resident = images.to(device)
+    resident_labels = labels.to(device)
+
+    def prepared_epoch():
+        order = torch.randperm(len(resident_labels), generator=generator, device=device)
+        batch = normalise(augment(resident[order], generator), dtype)
+        return (batch.contiguous(memory_format=torch.channels_last) if on_cuda else batch), resident_labels[order]
+
+    epoch_images, epoch_labels = prepared_epoch()
+    first = (epoch_images[:batch_size], epoch_labels[:batch_size])
+    step = make_train_step(model, optimizer, device, step_mode, tuple(first[0].shape), first)
+    per_epoch = len(resident_labels) // batch_size
+    for index in range(warmup):
+        step(epoch_images[(index % per_epoch) * batch_size:][:batch_size], epoch_labels[(index % per_epoch) * batch_size:][:batch_size])
+    step.reset_metrics()
+    _sync(device)
+    started = time.perf_counter()
+    for index in range(steps):
+        position = index % per_epoch
+        if position == 0 and index > 0:
+            epoch_images, epoch_labels = prepared_epoch()
+        step(epoch_images[position * batch_size:(position + 1) * batch_size], epoch_labels[position * batch_size:(position + 1) * batch_size])
+    _sync(device)
+    seconds = time.perf_counter() - started
+    return steps * batch_size / seconds, step.mode, step.loss_sum.item() / (steps * batch_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=None, help="comma-separated names (default: resnet18,resnet34 on CUDA, resnet20 on the CPU)")
+    parser.add_argument("--data", default="synthetic", help="data source (throughput does not depend on it)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per loop (default: 200 on CUDA, 4 on the CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 30 on CUDA, 1 on the CPU)")
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the reference loop")
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 workers, as the reference has
+    on_cuda = device.type == "cuda"
+    models = (args.models or ("resnet18,resnet34" if on_cuda else "resnet20")).split(",")
+    for name in models:
+        if name not in list_models():
+            parser.error(f"unknown model {name!r}; legal values: {', '.join(list_models())}")
+    steps = args.steps or (200 if on_cuda else 4)
+    warmup = args.warmup if args.warmup is not None else (30 if on_cuda else 1)
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True
+    size = max(args.batch_size * (steps + warmup + 1), 2048) if args.data == "synthetic" else None
+    data = load_cifar10(f"synthetic:{min(size, 50_000)}" if size else args.data)
+    images, labels = data.train_images, data.train_labels
+    peak = peak_flops(device)
+    device_name = torch.cuda.get_device_name(device) if on_cuda else "cpu"
+    print(f"device: {device_name}; batch {args.batch_size}; {steps} timed steps after {warmup} warm-up; "
+          f"peak bf16 {peak / 1e12:.0f} TFLOP/s" if peak else f"device: {device_name}; batch {args.batch_size}; "
+          f"{steps} timed steps after {warmup} warm-up; peak FLOP/s unknown", flush=True)
+    header = f"{'model':<10} {'reference img/s':>16} {'ours eager':>12} {'ours':>12} {'mode':>11} {'ratio':>7} {'peak share':>11} {'loss eager/ours':>17}"
+    print(header)
+    print("-" * len(header))
+    for name in models:
+        flops_per_image = 6 * count_multiply_adds(build_model(name), image_size=32)
+        reference = reference_loop(name, images, labels, device, args.batch_size, steps, warmup, args.workers)
+        eager, _, eager_loss = project_loop(name, images, labels, device, args.batch_size, steps, warmup, "eager")
+        ours, mode, ours_loss = project_loop(name, images, labels, device, args.batch_size, steps, warmup, "auto")
+        share = f"{100 * ours * flops_per_image / peak:.1f}%" if peak else "n/a"
+        print(f"{name:<10} {reference:>16,.0f} {eager:>12,.0f} {ours:>12,.0f} {mode:>11} {ours / reference:>6.2f}x {share:>11} "
+              f"{eager_loss:>8.4f}/{ours_loss:.4f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

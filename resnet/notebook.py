@@ -1,0 +1,54 @@
+"""What ``notebooks/train.ipynb`` calls: it only sets parameters, calls these, and shows results.
+
+Papermill injects parameters it does not know about with only a warning, so :func:`configure`
+compares every name the notebook's parameter cells defined against the engine's configuration and
+rejects the unknown or mistyped ones before any work starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .train import ConfigError, TrainConfig, TrainResult, train
+
+# Parameters the notebook takes besides the TrainConfig fields.
+RUNNER_OPTIONS = ("tracking_uri", "parent_run_id", "progress")
+
+
+def configure(namespace: dict[str, Any], baseline: set[str]) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config and runner options from the names defined since ``baseline`` was taken."""
+    values = {
+        name: value
+        for name, value in namespace.items()
+        if name not in baseline and not name.startswith("_") and not callable(value) and not hasattr(value, "__file__")
+    }
+    options = {name: values.pop(name) for name in RUNNER_OPTIONS if name in values}
+    try:
+        return TrainConfig.from_mapping(values), options
+    except ConfigError as error:
+        # Shown as the notebook's error: the executed notebook keeps it for the study's failure list.
+        raise ConfigError(f"bad notebook parameter: {error}") from None
+
+
+def run(config: TrainConfig, tracking_uri: str | None = None, parent_run_id: str | None = None, progress: bool = True) -> TrainResult:
+    return train(config, tracking_uri=tracking_uri, parent_run_id=parent_run_id, progress=progress)
+
+
+def show_run(result: TrainResult):
+    """The run's training (thin) and test (bold) error against epoch, as the paper draws them,
+    and a short table of its last epochs."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    frame = pd.DataFrame(result.history).set_index("epoch")
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(frame.index, frame["train_error"], linewidth=1, label="train error")
+    axis.plot(frame.index, frame["test_error"], linewidth=2.5, label="test error")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("error (%)")
+    axis.set_title(f"{result.config.run_name} ({result.step_mode} step)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    columns = ["train_error", "test_error", "train_loss", "test_loss", "lr", "images_per_second"]
+    return figure, frame[columns].tail(5).round(4)

@@ -1,0 +1,141 @@
+"""Studies through real papermill and real kernels: end to end, idempotent, failures, kill/resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from resnet import tracking
+from resnet.study import StudyError, load_study, main, run_study
+
+TINY_STUDY = """
+defaults: {{schedule: cosine, batch_size: 32, data: "synthetic:320", device: cpu}}
+grid:
+{grid}
+default_profile: test
+profiles:
+  test: {{seeds: [0], settings: {{epochs: {epochs}}}}}
+"""
+
+
+def _write_study(folder: Path, grid: str, epochs: int = 1, name: str = "tiny") -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(TINY_STUDY.format(grid=grid, epochs=epochs))
+    return path
+
+
+def _runs(store, study):
+    experiment = tracking.experiment_id(study, store)
+    return tracking.client(store).search_runs([experiment], max_results=1000)
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end_then_a_rerun_trains_nothing(store, tmp_path):
+    study = load_study("smoke", data="synthetic:640")
+    assert [c.name for c in study.cells] == ["plain18-s0", "plain34-s0", "resnet18-A-s0", "resnet18-B-s0",
+                                             "resnet18-C-s0", "resnet34-A-s0", "resnet34-B-s0", "resnet34-C-s0"]
+    outcome = run_study(study, tracking_uri=store, progress=False)
+    assert [c.status for c in outcome.cells] == ["FINISHED"] * 8 and not outcome.failed
+    assert outcome.images_trained == 8 * 2 * 4 * 32  # cells x epochs x steps x batch
+
+    runs = _runs(store, "smoke")
+    parents = [r for r in runs if r.data.tags.get("role") == "study"]
+    children = [r for r in runs if r.data.tags.get("role") == "cell"]
+    assert len(parents) == 1 and len(children) == 8
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    client = tracking.client(store)
+    for child in children:
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "train_error")] == [1, 2]
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert f"{child.data.tags['cell']}.ipynb" in artifacts and "metrics.csv" in artifacts
+        executed = json.loads((Path(os.environ["RESNET_RUNS_DIR"]) / "smoke" / f"{child.data.tags['cell']}.ipynb").read_text())
+        assert executed["metadata"]["papermill"]["parameters"]["model"] == child.data.tags["model"]
+        assert any(o.get("output_type") == "display_data" for c in executed["cells"] for o in c.get("outputs", []))
+
+    again = run_study(study, tracking_uri=store, progress=False)
+    assert [c.status for c in again.cells] == ["SKIPPED"] * 8 and again.images_trained == 0
+    assert len(_runs(store, "smoke")) == 9  # no new runs
+
+
+def test_bad_cells_fail_clearly_while_the_others_finish(store, tmp_path, capsys):
+    path = _write_study(tmp_path, "  - {model: resnet20}\n  - {model: plain20, lr: -1}\n  - {model: resnet20, lr: 1.0e30, run_name: resnet20-diverging}")
+    exit_code = main(["--study", str(path), "--profile", "test", "--tracking-uri", store])
+    printed = capsys.readouterr().out
+    assert exit_code == 1
+    assert "invalid  plain20-s0: lr: must be a positive number, got -1.0" in printed
+    assert "FAILED   resnet20-A-s0" not in printed.split("finished")[0]  # the good cell is not blamed
+    assert "finished resnet20-A-s0" in printed
+    # The diverging cell keeps its executed notebook with the error, and says where to look.
+    diverged = next(line for line in printed.splitlines() if line.startswith("  failed resnet20-diverging"))
+    assert "TrainingDiverged: training loss is nan" in diverged and "resnet20-diverging.ipynb" in diverged
+    notebook = json.loads((tmp_path / "runs" / "tiny" / "resnet20-diverging.ipynb").read_text())
+    errors = [o for c in notebook["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors and errors[0]["ename"] == "TrainingDiverged"
+    statuses = {r.info.run_name: r.info.status for r in _runs(store, "tiny")}
+    assert statuses["resnet20-A-s0"] == "FINISHED" and statuses["resnet20-diverging"] == "FAILED"
+    assert statuses["tiny-test"] == "FAILED"  # the parent run records that a cell failed
+
+
+def test_killed_study_resumes_without_redoing_finished_cells(store, tmp_path):
+    path = _write_study(tmp_path, "  - {model: [resnet20, plain20]}", epochs=6)
+    command = [sys.executable, "-m", "resnet.study", "--study", str(path), "--profile", "test", "--tracking-uri", store]
+    environment = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoints = tmp_path / "runs" / "tiny" / "checkpoints"
+    deadline = time.time() + 240
+    output = []
+    while time.time() < deadline:  # wait for cell 1 to finish and cell 2 to write a checkpoint
+        line = process.stdout.readline()
+        output.append(line)
+        if "finished resnet20-A-s0" in line:
+            break
+    while time.time() < deadline and not any(checkpoints.glob("plain20-s0-*.pt")):
+        time.sleep(0.2)
+    assert any(checkpoints.glob("plain20-s0-*.pt")), "".join(output)
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, "".join(output) + rest
+    assert "rerun the same command to resume" in rest
+    statuses = {r.info.run_name: r.info.status for r in _runs(store, "tiny")}
+    assert statuses["resnet20-A-s0"] == "FINISHED" and statuses["plain20-s0"] != "FINISHED"
+
+    rerun = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "done     resnet20-A-s0 (finished earlier" in rerun.stdout
+    assert "start    plain20-s0 (resuming)" in rerun.stdout
+    runs = _runs(store, "tiny")
+    cells = [r for r in runs if r.data.tags.get("role") == "cell"]
+    assert sorted(r.info.run_name for r in cells) == ["plain20-s0", "resnet20-A-s0"]  # resumed, not restarted
+    assert all(r.info.status == "FINISHED" for r in cells)
+    history = tracking.client(store).get_metric_history(next(r for r in cells if r.info.run_name == "plain20-s0").info.run_id, "train_error")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
+
+
+def test_study_definition_errors_name_the_legal_values(tmp_path):
+    with pytest.raises(StudyError, match="unknown study 'degredation'; available studies: cifar-depth, degradation, smoke"):
+        load_study("degredation")
+    with pytest.raises(StudyError, match="has no profile 'fast'; legal profiles: quick, full"):
+        load_study("degradation", "fast")
+    (tmp_path / "odd.yaml").write_text("grid: [{model: resnet20}]\nprofile: {}\n")
+    with pytest.raises(StudyError, match="unknown keys profile; legal keys"):
+        load_study(str(tmp_path / "odd.yaml"))
+
+
+def test_studies_expand_to_the_papers_grids():
+    degradation = load_study("degradation", "full")
+    assert len(degradation.cells) == 8 * 3
+    assert {c.config.iterations for c in degradation.cells} == {64_000}
+    assert {(c.config.model, c.config.shortcut) for c in degradation.cells} == {
+        ("plain18", None), ("plain34", None), ("resnet18", "A"), ("resnet18", "B"), ("resnet18", "C"),
+        ("resnet34", "A"), ("resnet34", "B"), ("resnet34", "C")}
+    depth = load_study("cifar-depth", "full")
+    assert sorted({c.config.model for c in depth.cells}) == sorted(
+        ["plain20", "plain32", "plain44", "plain56", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"])
+    assert {c.config.model for c in depth.cells if c.config.warmup} == {"resnet110"}
+    assert all(c.config.shortcut in (None, "A") for c in depth.cells)

@@ -1,0 +1,60 @@
+"""The real MLflow UI server finds the study's experiment and runs through its REST API."""
+
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from resnet.train import TrainConfig, train
+from resnet.ui import ui_command
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read() or b"null")
+
+
+def _post(url: str, body: dict):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_mlflow_ui_serves_the_study_runs(store):
+    config = TrainConfig(model="resnet20", data="synthetic:160", batch_size=32, device="cpu", study="ui-check",
+                         schedule="cosine", epochs=2)
+    result = train(config, tracking_uri=store, progress=False)
+    port = _free_port()
+    server = subprocess.Popen(ui_command(store, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).read()
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    pytest.fail("the MLflow UI server did not start")
+                time.sleep(0.5)
+        experiment = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-check")["experiment"]
+        runs = _post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+        assert [r["info"]["run_id"] for r in runs] == [result.run_id]
+        history = _get(f"{base}/api/2.0/mlflow/metrics/get-history?run_id={result.run_id}&metric_key=test_error")
+        assert [m["step"] for m in history["metrics"]] == [1, 2]
+        artifacts = _get(f"{base}/api/2.0/mlflow/artifacts/list?run_id={result.run_id}")
+        assert {f["path"] for f in artifacts["files"]} == {"config.json", "metrics.csv", "state_dict.pt"}
+        assert "<html" in urllib.request.urlopen(base, timeout=5).read().decode().lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
