@@ -49,7 +49,8 @@ METRICS = ("train_error", "test_error", "train_loss", "test_loss")
 RUN_COLUMNS = ["study", "profile", "run_id", "experiment_id", "cell", "model", "shortcut", "seed", "status", "failure_reason",
                "parameters", "multiply_adds", "schedule", "iterations", "epochs_planned", "batch_size", "device",
                "data_provenance", "data_description", "git_commit", "git_dirty", "start_time"]
-DEPTH_COLOURS = {18: "#1f77b4", 34: "#d62728", 20: "#1f77b4", 32: "#ff7f0e", 44: "#2ca02c", 56: "#d62728", 110: "#9467bd"}
+# One colour per curve in a panel, in order: the shallower net blue and the deeper red, as the paper's Figure 4.
+PANEL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
 class ReportError(RuntimeError):
@@ -220,14 +221,12 @@ class Figure:
 def _curve_panel(axis, frame: pd.DataFrame, cells: list[tuple[str, str]], title: str) -> list[str]:
     """Mean curves over seeds with a min-max band; thin = train error, bold = test error."""
     gaps = []
-    for model, shortcut in cells:
+    for colour, (model, shortcut) in zip(PANEL_COLOURS, cells):
         cell = frame[(frame["model"] == model) & (frame["shortcut"] == shortcut)].dropna(subset=["epoch"])
         label = _label(model, shortcut)
         if cell.empty:
             gaps.append(label)
             continue
-        depth = int("".join(ch for ch in model if ch.isdigit()))
-        colour = DEPTH_COLOURS.get(depth)
         seeds = cell["seed"].nunique()
         grouped = cell.groupby("epoch")
         for metric, width in (("train_error", 1.0), ("test_error", 2.6)):
@@ -350,6 +349,25 @@ def _provenance(frame: pd.DataFrame, ui_base: str) -> str:
             _table(["cell", "seed", "status", "note", "MLflow run (open with make ui)"], table_rows))
 
 
+def _length_note(frame: pd.DataFrame) -> str:
+    """How long these runs trained against the paper's 64k iterations: short runs answer a
+    narrower question (how fast each net starts to fit), and the report says so."""
+    last_epochs = frame.dropna(subset=["epoch"]).groupby("run_id")["epoch"].max()
+    if last_epochs.empty:
+        return ""
+    epochs = int(last_epochs.max())
+    batch = pd.to_numeric(frame["batch_size"], errors="coerce").dropna()
+    iterations = pd.to_numeric(frame["iterations"], errors="coerce").dropna()
+    length = f"{int(iterations.max()):,} iterations" if not iterations.empty else f"{epochs} epochs"
+    if not iterations.empty and int(iterations.max()) >= 64_000:
+        return f"<p>These runs follow the paper's full schedule ({length}).</p>"
+    return (f'<p class="warning">These runs are short: {length} ({epochs} epochs'
+            f"{f', batch {int(batch.iloc[0])}' if not batch.empty else ''}) against the paper's 64,000 iterations "
+            "(about 164 epochs). They show how fast each network starts to fit, with the learning-rate drops "
+            "compressed into that span; the verdicts on the final training error hold for this length only. "
+            "The <code>full</code> profile runs the paper's schedule.</p>")
+
+
 def _gaps(frame: pd.DataFrame, cells: list[tuple[str, str]]) -> str:
     """What is missing: cells never run, unfinished runs, seeds some cells lack."""
     notes = []
@@ -412,6 +430,7 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
         parts += [_verdict_html(verdicts["degradation"]), _verdict_html(verdicts["residual"])]
         parts.append("<p>Final training error means the last epoch's. The spread is the larger of the two cells' "
                      "standard deviations over seeds; a difference within it is not evidence either way.</p>")
+        parts.append(_length_note(degradation))
         parts.append(_gaps(degradation, DEGRADATION_CELLS))
         parts.append("<h2>3. Shortcut options A, B, C (the paper's Table 3)</h2>")
         parts.append("<p>A: zero-padding shortcuts (no parameters); B: projections where the shape changes; C: projections "

@@ -194,3 +194,24 @@ def test_cuda_request_without_cuda_fails_before_any_work(store):
         pytest.skip("CUDA is available here")
     with pytest.raises(ConfigError, match="CUDA is not available"):
         train(TrainConfig(**{**TINY, "device": "cuda"}, epochs=1, schedule="cosine"), tracking_uri=store)
+
+
+def test_cuda_graph_step_falls_back_to_the_eager_step_on_the_cpu():
+    from resnet.train import make_train_step
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    optimizer = SGD(model.parameters(), torch.tensor(0.1), momentum=0.9, weight_decay=0.0)
+    batch = (torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]))
+    with pytest.warns(UserWarning, match="'cuda-graph' needs CUDA; falling back to the eager step"):
+        step = make_train_step(model, optimizer, torch.device("cpu"), "cuda-graph", tuple(batch[0].shape), batch)
+    assert step.mode == "eager"
+    before = model[1].weight.detach().clone()
+    step(*batch)
+    assert not torch.equal(before, model[1].weight) and step.loss_sum.item() > 0
+
+
+def test_config_run_on_the_cpu_with_step_mode_cuda_graph_trains_eagerly(store):
+    with pytest.warns(UserWarning, match="falling back to the eager step"):
+        result = train(TrainConfig(**TINY, schedule="cosine", epochs=1, step_mode="cuda-graph"), tracking_uri=store, progress=False)
+    assert result.step_mode == "eager" and result.status == "FINISHED"
