@@ -95,8 +95,12 @@ def _expand(entry: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combination)) for combination in itertools.product(*choices)]
 
 
-def load_study(name: str, profile: str | None = None, data: str | None = None, folder: Path | None = None) -> Study:
-    """The cells of study ``name`` (or a path to a study YAML) at ``profile`` (its default when None)."""
+def load_study(name: str, profile: str | None = None, data: str | None = None, folder: Path | None = None,
+               overrides: dict[str, Any] | None = None, seeds: list[int] | None = None) -> Study:
+    """The cells of study ``name`` (or a path to a study YAML) at ``profile`` (its default when None).
+
+    ``overrides`` replace settings of every cell (``--set iterations=9750``); ``seeds`` replaces the
+    profile's seeds."""
     if name.endswith((".yaml", ".yml")):
         folder, name = Path(name).resolve().parent, Path(name).stem
     folder = folder or experiments_dir()
@@ -109,7 +113,7 @@ def load_study(name: str, profile: str | None = None, data: str | None = None, f
     unknown = set(chosen) - PROFILE_KEYS
     if unknown:
         raise StudyError(f"profile {profile!r}: unknown keys {', '.join(sorted(unknown))}; legal keys: {', '.join(sorted(PROFILE_KEYS))}")
-    seeds = chosen.get("seeds", [0])
+    seeds = seeds if seeds is not None else chosen.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise StudyError(f"profile {profile!r}: seeds must be a list of whole numbers, got {seeds!r}")
     grid = definition.get("grid")
@@ -122,7 +126,7 @@ def load_study(name: str, profile: str | None = None, data: str | None = None, f
         for entry in grid:
             for combination in _expand(entry):
                 parameters = {**(definition.get("defaults") or {}), **combination, **(chosen.get("settings") or {}),
-                              "seed": seed, "study": name}
+                              **(overrides or {}), "seed": seed, "study": name}
                 if data is not None:
                     parameters["data"] = data
                 try:
@@ -279,7 +283,7 @@ def run_study(
 
     previous_handler = signal.signal(signal.SIGTERM, stop_everything)
     try:
-        queue = list(pending)
+        queue = _longest_first(pending)
         while queue or running:
             while queue and len(running) < jobs:
                 cell = queue.pop(0)
@@ -325,6 +329,25 @@ def run_study(
     _close_parent(mlflow_client, parent, result, launch_seconds, status)
     _print_summary(result, launch_seconds)
     return result
+
+
+def _longest_first(cells: list[Cell]) -> list[Cell]:
+    """Within each seed, the most expensive cells first (multiply-adds x images), so that with
+    several jobs the short cells fill the gaps at the end instead of one long cell running alone.
+    Seeds stay in order: an interrupted study still holds whole seeds."""
+    from .models import build_model, count_multiply_adds
+
+    cost_per_image: dict[tuple, int] = {}
+
+    def cost(cell: Cell) -> float:
+        key = (cell.config.model, cell.config.shortcut, cell.config.stem)
+        if key not in cost_per_image:
+            cost_per_image[key] = count_multiply_adds(build_model(cell.config.model, shortcut=cell.config.shortcut, stem=cell.config.stem))
+        length = cell.config.iterations or (cell.config.epochs or 1) * 1_000
+        return cost_per_image[key] * length * cell.config.batch_size
+
+    seeds = list(dict.fromkeys(cell.config.seed for cell in cells))
+    return [cell for seed in seeds for cell in sorted((c for c in cells if c.config.seed == seed), key=cost, reverse=True)]
 
 
 def _warm_data_cache(source: str) -> None:
@@ -452,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=None, help="cells at once (default: 4 per GPU, 1 on the CPU)")
     parser.add_argument("--gpus", default=None, help="comma-separated GPU indices to spread cells over (default: all visible)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of every cell, e.g. --set iterations=9750 (repeatable)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds instead of the profile's, e.g. 0,1")
     parser.add_argument("--list", action="store_true", help="print the cells and exit")
     args = parser.parse_args(argv)
 
@@ -459,6 +485,16 @@ def main(argv: list[str] | None = None) -> int:
         gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
     except ValueError:
         parser.error(f"--gpus takes comma-separated indices such as 0,1; got {args.gpus!r}")
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated whole numbers such as 0,1; got {args.seeds!r}")
+    overrides = {}
+    for item in args.set:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            parser.error(f"--set takes KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
     name, profile = args.study, args.profile
     if profile == "auto":
         profile = None
@@ -468,9 +504,11 @@ def main(argv: list[str] | None = None) -> int:
                       "the full profile. To force a profile: make reproduce PROFILE=quick (or full).", flush=True)
                 name = "smoke"
     try:
-        study = load_study(name, profile, data=args.data)
+        study = load_study(name, profile, data=args.data, overrides=overrides, seeds=seeds)
     except StudyError as error:
         parser.error(str(error))
+    if study.cells and all(cell.config is None for cell in study.cells):
+        parser.error(f"no cell has valid parameters; the first: {study.cells[0].error}")
     if args.list:
         for cell in study.cells:
             print(f"{cell.name:<16} {cell.error or json.dumps({k: v for k, v in cell.parameters.items() if k not in ('study', 'cell', 'run_name')})}")
