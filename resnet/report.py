@@ -406,7 +406,7 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
     figures: list[Figure] = []
     verdicts: dict[str, Verdict] = {}
     study_name = ", ".join(sorted(set(degradation["study"]))) if not degradation.empty else ""
-    parts = [f"<h1>Plain vs residual networks: the degradation problem</h1>",
+    parts = ["<h1>Plain vs residual networks: the degradation problem</h1>",
              "<p>He et al., <em>Deep Residual Learning for Image Recognition</em> (2015), section 4.1: a deeper "
              "<em>plain</em> network has higher <em>training</em> error than a shallower one, so the problem is "
              "optimisation, not overfitting; identity shortcuts remove it. Here on CIFAR-10 with the 18- and 34-layer "

@@ -513,9 +513,11 @@ def main(argv: list[str] | None = None) -> int:
         for cell in study.cells:
             print(f"{cell.name:<16} {cell.error or json.dumps({k: v for k, v in cell.parameters.items() if k not in ('study', 'cell', 'run_name')})}")
         return 0
+    from .data import DataError
+
     try:
         outcome = run_study(study, jobs=args.jobs, gpus=gpus, tracking_uri=args.tracking_uri)
-    except StudyError as error:
+    except (StudyError, DataError) as error:  # before any cell starts: say what to fix, no traceback
         parser.error(str(error))
     if outcome.interrupted:
         return 130

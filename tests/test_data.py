@@ -1,6 +1,5 @@
 """Every data source loads with the right counts and labels; every bad input errors clearly."""
 
-import io
 import pickle
 import socket
 import tarfile

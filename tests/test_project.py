@@ -1,7 +1,6 @@
 """The project's set-up promises: environment.yml agrees with pyproject.toml; make prints help."""
 
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 

@@ -3,15 +3,10 @@
 import base64
 import re
 import shutil
-import subprocess
-import sys
-import time
 
-import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 
-from conftest import ROOT
 from resnet import tracking
 from resnet.report import build_report, collect_runs, compare_depths, main
 

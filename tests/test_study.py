@@ -139,3 +139,11 @@ def test_studies_expand_to_the_papers_grids():
         ["plain20", "plain32", "plain44", "plain56", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"])
     assert {c.config.model for c in depth.cells if c.config.warmup} == {"resnet110"}
     assert all(c.config.shortcut in (None, "A") for c in depth.cells)
+
+
+def test_unreachable_data_stops_the_study_before_any_cell_with_a_clear_message(store, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--study", "smoke", "--data", str(tmp_path / "no-such-copy.tar.xz"), "--tracking-uri", store])
+    assert stopped.value.code == 2
+    assert "does not exist; pass 'download', 'synthetic'" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "smoke").exists() or not list((tmp_path / "runs" / "smoke").glob("*.ipynb"))

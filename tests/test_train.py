@@ -135,7 +135,7 @@ def test_mlflow_run_holds_params_every_metric_every_epoch_tags_and_artifacts(sto
         assert [m.value for m in history] == pytest.approx([row[key] for row in result.history])
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert artifacts == {"state_dict.pt", "metrics.csv", "config.json"}
-    csv_text = (tracking_path := client.download_artifacts(result.run_id, "metrics.csv"))
+    csv_text = client.download_artifacts(result.run_id, "metrics.csv")
     lines = open(csv_text).read().splitlines()
     assert lines[0].startswith("epoch,step,train_error,train_loss,test_error,test_loss,lr") and len(lines) == 3
 
