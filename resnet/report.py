@@ -160,9 +160,10 @@ class Verdict:
 def compare_depths(frame: pd.DataFrame, shallow: tuple[str, str], deep: tuple[str, str], question: str) -> Verdict:
     """Final training error of ``deep`` minus ``shallow``, paired by seed.
 
-    ``question`` is "worse" (does the deeper net train worse? the degradation) or "as well"
-    (does the deeper net train at least as well?). A difference counts only if it exceeds the
-    seed-to-seed spread.
+    ``question`` is "worse" (does the deeper net train worse? the degradation), "as well"
+    (does the deeper net train at least as well?) or "better" (does the second net train better
+    than the first? the shortcuts' fix). A difference counts only if it exceeds the seed-to-seed
+    spread.
     """
     shallow_final = final_values(frame, *shallow, "train_error")
     deep_final = final_values(frame, *deep, "train_error")
@@ -191,6 +192,11 @@ def compare_depths(frame: pd.DataFrame, shallow: tuple[str, str], deep: tuple[st
             holds = bool(clear and difference.mean > 0)
         lead = {True: f"Yes: {names[1]} trains worse than {names[0]} (the degradation problem).",
                 False: f"No: these runs do not show {names[1]} training worse than {names[0]}.",
+                None: f"Undecided: {names[1]} against {names[0]}."}[holds]
+    elif question == "better":
+        holds = None if clear is None else bool(clear and difference.mean < 0)
+        lead = {True: f"Yes: {names[1]} trains better than {names[0]}, the same depth without shortcuts.",
+                False: f"No: these runs do not show {names[1]} training better than {names[0]}.",
                 None: f"Undecided: {names[1]} against {names[0]}."}[holds]
     else:
         holds = None if clear is None else bool(difference.mean <= 0 or not clear)
@@ -426,8 +432,9 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
         parts.append(_img(headline))
         parts.append("<h2>2. Verdict</h2>")
         verdicts["degradation"] = compare_depths(degradation, ("plain18", "none"), ("plain34", "none"), "worse")
+        verdicts["shortcuts"] = compare_depths(degradation, ("plain34", "none"), ("resnet34", "B"), "better")
         verdicts["residual"] = compare_depths(degradation, ("resnet18", "B"), ("resnet34", "B"), "as well")
-        parts += [_verdict_html(verdicts["degradation"]), _verdict_html(verdicts["residual"])]
+        parts += [_verdict_html(verdicts[key]) for key in ("degradation", "shortcuts", "residual")]
         parts.append("<p>Final training error means the last epoch's. The spread is the larger of the two cells' "
                      "standard deviations over seeds; a difference within it is not evidence either way.</p>")
         parts.append(_length_note(degradation))

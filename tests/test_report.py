@@ -59,6 +59,10 @@ def test_report_states_the_degradation_with_the_fixture_numbers(store, tmp_path)
     assert report.verdicts["degradation"].sentence == (
         "Yes: plain-34 trains worse than plain-18 (the degradation problem). plain-34's final training error is "
         "3.10 ± 0.14 points higher than plain-18's (mean ± std over 2 seeds), more than the seed-to-seed spread (0.28 points).")
+    assert report.verdicts["shortcuts"].sentence == (
+        "Yes: ResNet-34 (B) trains better than plain-34, the same depth without shortcuts. ResNet-34 (B)'s final "
+        "training error is 5.15 ± 0.21 points lower than plain-34's (mean ± std over 2 seeds), more than the "
+        "seed-to-seed spread (0.28 points).")
     assert report.verdicts["residual"].sentence == (
         "Yes: ResNet-34 (B) trains at least as well as ResNet-18 (B). ResNet-34 (B)'s final training error is "
         "1.05 ± 0.07 points lower than ResNet-18 (B)'s (mean ± std over 2 seeds), more than the seed-to-seed spread (0.14 points).")
