@@ -1,6 +1,8 @@
 """The real MLflow UI server finds the study's experiment and runs through its REST API."""
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -56,5 +58,5 @@ def test_mlflow_ui_serves_the_study_runs(store):
         assert {f["path"] for f in artifacts["files"]} == {"config.json", "metrics.csv", "state_dict.pt"}
         assert "<html" in urllib.request.urlopen(base, timeout=5).read().decode().lower()
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers
         server.wait(timeout=30)
