@@ -391,6 +391,8 @@ class GraphedTrainStep(TrainStep):
         self.mode = "cuda-graph"
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        # A replayed graph reads fixed addresses, so each batch is copied into its input buffer:
+        # one device-to-device copy (768 KiB at batch 128), no host sync.
         self.static_images.copy_(images)
         self.static_labels.copy_(labels)
         self.graph.replay()
