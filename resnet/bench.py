@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .data import MEAN, STD, load_cifar10
 from .models import build_model, count_multiply_adds, list_models
-from .train import SGD, augment, make_train_step, normalise, resolve_device
+from .train import SGD, make_train_step, place_model, prepare_epoch, resolve_device
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets, by device-name fragment.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12,
@@ -95,21 +95,14 @@ def project_loop(model_name: str, images, labels, device, batch_size: int, steps
     """Images/s of our loop (augmentation of the images it uses included), the step mode it ran
     in, and the mean training loss over the timed steps (for comparing eager with the graph)."""
     torch.manual_seed(0)
-    on_cuda = device.type == "cuda"
-    model = build_model(model_name).to(device, memory_format=torch.channels_last if on_cuda else torch.contiguous_format)
-    dtype = torch.bfloat16 if on_cuda else torch.float32
+    model = place_model(build_model(model_name), device)
     lr = torch.tensor(0.1, device=device)
     optimizer = SGD(model.parameters(), lr, momentum=0.9, weight_decay=1e-4)
     generator = torch.Generator(device=device).manual_seed(0)
     resident = images.to(device)
     resident_labels = labels.to(device)
 
-    def prepared_epoch():
-        order = torch.randperm(len(resident_labels), generator=generator, device=device)
-        batch = normalise(augment(resident[order], generator), dtype)
-        return (batch.contiguous(memory_format=torch.channels_last) if on_cuda else batch), resident_labels[order]
-
-    epoch_images, epoch_labels = prepared_epoch()
+    epoch_images, epoch_labels = prepare_epoch(resident, resident_labels, generator)
     first = (epoch_images[:batch_size], epoch_labels[:batch_size])
     step = make_train_step(model, optimizer, device, step_mode, tuple(first[0].shape), first)
     per_epoch = len(resident_labels) // batch_size
@@ -121,7 +114,7 @@ def project_loop(model_name: str, images, labels, device, batch_size: int, steps
     for index in range(steps):
         position = index % per_epoch
         if position == 0 and index > 0:
-            epoch_images, epoch_labels = prepared_epoch()
+            epoch_images, epoch_labels = prepare_epoch(resident, resident_labels, generator)
         step(epoch_images[position * batch_size:(position + 1) * batch_size], epoch_labels[position * batch_size:(position + 1) * batch_size])
     _sync(device)
     seconds = time.perf_counter() - started

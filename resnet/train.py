@@ -323,6 +323,29 @@ def augment(images: torch.Tensor, generator: torch.Generator, chunk: int = 10_00
     return out
 
 
+def step_dtype(device: torch.device) -> torch.dtype:
+    """bf16 inputs on CUDA (the model runs under bf16 autocast there), fp32 on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def place_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """On CUDA, channels_last: the layout cuDNN's bf16 convolutions run fastest in."""
+    if device.type == "cuda":
+        return model.to(device, memory_format=torch.channels_last)
+    return model.to(device)
+
+
+def prepare_epoch(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch of training input, on the images' device: shuffled, augmented, normalised, in
+    the step's dtype and layout. Batches are then slices of it (no per-step preparation)."""
+    device = images.device
+    order = torch.randperm(len(labels), generator=generator, device=device)
+    epoch_images = normalise(augment(images[order], generator), step_dtype(device))
+    if device.type == "cuda":
+        epoch_images = epoch_images.contiguous(memory_format=torch.channels_last)
+    return epoch_images, labels[order]
+
+
 # --------------------------------------------------------------------------------------------
 # The training step: eager, or captured in a CUDA graph
 # --------------------------------------------------------------------------------------------
@@ -446,7 +469,7 @@ def diagnostics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) ->
              for name, module in responses.items()]
     try:
         loss = F.cross_entropy(model(images).float(), labels)
-        stages = [name for name in getattr(model, "stage_names", [])]
+        stages = list(getattr(model, "stage_names", []))
         parameters = {stage: [p for p in getattr(model, stage).parameters()] for stage in stages}
         flat = [p for stage in stages for p in parameters[stage]]
         grads = torch.autograd.grad(loss, flat)
@@ -454,14 +477,15 @@ def diagnostics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) ->
         for hook in hooks:
             hook.remove()
         model.train()
-    result, index = {}, 0
+    names, values, index = [], [], 0
     for stage in stages:
         count = len(parameters[stage])
-        result[f"grad_norm_{stage}"] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads[index:index + count]])).item()
+        names.append(f"grad_norm_{stage}")
+        values.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads[index:index + count]])))
         index += count
-    for name, value in stds.items():
-        result[f"response_std_{name}"] = value.item()
-    return result
+    names += [f"response_std_{name}" for name in stds]
+    values += list(stds.values())
+    return dict(zip(names, torch.stack(values).tolist()))  # one host sync for all of them
 
 
 # --------------------------------------------------------------------------------------------
@@ -541,10 +565,8 @@ def train(
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.backends.cudnn.benchmark = True
-        model = model.to(device, memory_format=torch.channels_last)
-    else:
-        model = model.to(device)
-    input_dtype = torch.bfloat16 if on_cuda else torch.float32
+    model = place_model(model, device)
+    input_dtype = step_dtype(device)
     lr = torch.tensor(schedule.lr_at(0), device=device)
     optimizer = SGD(model.parameters(), lr, config.momentum, config.weight_decay)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -581,11 +603,7 @@ def train(
         train_step = None
         for epoch in range(len(history) + 1, schedule.epochs + 1):
             started = time.perf_counter()
-            order = torch.randperm(len(train_labels), generator=generator, device=device)
-            epoch_images = normalise(augment(train_images[order], generator), input_dtype)
-            if on_cuda:
-                epoch_images = epoch_images.contiguous(memory_format=torch.channels_last)
-            epoch_labels = train_labels[order]
+            epoch_images, epoch_labels = prepare_epoch(train_images, train_labels, generator)
             batch = config.batch_size
             if train_step is None:
                 first = (epoch_images[:batch], epoch_labels[:batch])
@@ -608,8 +626,6 @@ def train(
             images_seen = steps_this_epoch * batch
             train_loss = train_step.loss_sum.item() / images_seen  # the epoch's one host sync
             train_error = 100.0 * train_step.error_count.item() / images_seen
-            if on_cuda:
-                torch.cuda.synchronize(device)
             seconds = time.perf_counter() - started
             if bar is not None:
                 bar.close()
