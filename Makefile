@@ -62,8 +62,12 @@ ui: $(VENV)/.installed ## Serve the MLflow UI for this project's store on 127.0.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+.PHONY: lint
+lint: $(VENV)/.installed-test ## Check style with ruff (lines up to 120 characters, pyflakes, import order)
+	$(BIN)/ruff check resnet tests
+
 .PHONY: test
-test: $(VENV)/.installed-test chromium ## Run the test suite (CPU only, a few minutes)
+test: lint chromium ## Lint, then run the test suite (CPU only, a few minutes)
 	$(BIN)/python -m pytest
 
 .PHONY: clean

@@ -16,16 +16,18 @@ pass costs about twice the forward). A measurement, not a test: numbers depend o
 from __future__ import annotations
 
 import argparse
-import warnings
 import sys
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
 
+from . import paper
+from .config import PRECISIONS
 from .data import MEAN, STD, load_cifar10
+from .engine import SGD, Precision, make_train_step, prepare_epoch, resolve_device
 from .models import build_model, count_multiply_adds, list_models
-from .train import SGD, make_train_step, place_model, prepare_epoch, resolve_device
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets, by device-name fragment.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12,
@@ -52,7 +54,14 @@ class _TransformedImages(torch.utils.data.Dataset):
 
         self.images = images.permute(0, 2, 3, 1).numpy()
         self.labels = labels.tolist()
-        self.transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+        self.transform = T.Compose(
+            [
+                T.RandomCrop(32, padding=paper.CROP_PADDING),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(MEAN, STD),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -63,20 +72,29 @@ class _TransformedImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[index])), self.labels[index]
 
 
-def reference_loop(model_name: str, images, labels, device, batch_size: int, steps: int, warmup: int, workers: int) -> float:
-    """Images/s of the source document's loop."""
+def reference_loop(
+    model_name: str, images, labels, device, batch_size: int, steps: int, untimed_steps: int, workers: int
+) -> float:
+    """Images/s of the source document's loop, timed after ``untimed_steps``."""
     torch.manual_seed(0)
     model = build_model(model_name).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=paper.LEARNING_RATE, momentum=paper.MOMENTUM, weight_decay=paper.WEIGHT_DECAY
+    )
     loader = torch.utils.data.DataLoader(
-        _TransformedImages(images, labels), batch_size=batch_size, shuffle=True, drop_last=True,
-        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        _TransformedImages(images, labels),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
     )
     model.train()
     done, started = 0, None
-    while done < warmup + steps:
+    while done < untimed_steps + steps:
         for x, y in loader:
-            if done == warmup:
+            if done == untimed_steps:
                 _sync(device)
                 started = time.perf_counter()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -85,37 +103,50 @@ def reference_loop(model_name: str, images, labels, device, batch_size: int, ste
             loss.backward()
             optimizer.step()
             done += 1
-            if done == warmup + steps:
+            if done == untimed_steps + steps:
                 break
     _sync(device)
     return steps * batch_size / (time.perf_counter() - started)
 
 
-def project_loop(model_name: str, images, labels, device, batch_size: int, steps: int, warmup: int, step_mode: str) -> tuple[float, str, float]:
+def project_loop(
+    model_name: str,
+    images,
+    labels,
+    device,
+    batch_size: int,
+    steps: int,
+    untimed_steps: int,
+    step_mode: str,
+    precision_setting: str = "auto",
+) -> tuple[float, str, float]:
     """Images/s of our loop (augmentation of the images it uses included), the step mode it ran
     in, and the mean training loss over the timed steps (for comparing eager with the graph)."""
     torch.manual_seed(0)
-    model = place_model(build_model(model_name), device)
-    lr = torch.tensor(0.1, device=device)
-    optimizer = SGD(model.parameters(), lr, momentum=0.9, weight_decay=1e-4)
+    precision = Precision.for_device(precision_setting, device)
+    model = precision.place_model(build_model(model_name))
+    lr = torch.tensor(paper.LEARNING_RATE, device=device)
+    optimizer = SGD(model.parameters(), lr, momentum=paper.MOMENTUM, weight_decay=paper.WEIGHT_DECAY)
     generator = torch.Generator(device=device).manual_seed(0)
     resident = images.to(device)
     resident_labels = labels.to(device)
-
-    epoch_images, epoch_labels = prepare_epoch(resident, resident_labels, generator)
-    first = (epoch_images[:batch_size], epoch_labels[:batch_size])
-    step = make_train_step(model, optimizer, device, step_mode, tuple(first[0].shape), first)
     per_epoch = len(resident_labels) // batch_size
-    for index in range(warmup):
-        step(epoch_images[(index % per_epoch) * batch_size:][:batch_size], epoch_labels[(index % per_epoch) * batch_size:][:batch_size])
+    epoch_images, epoch_labels = prepare_epoch(resident, resident_labels, generator, precision)
+
+    def batch(index: int):
+        position = (index % per_epoch) * batch_size
+        return epoch_images[position : position + batch_size], epoch_labels[position : position + batch_size]
+
+    step = make_train_step(model, optimizer, precision, step_mode, batch(0))
+    for index in range(untimed_steps):
+        step(*batch(index))
     step.reset_metrics()
     _sync(device)
     started = time.perf_counter()
-    for index in range(steps):
-        position = index % per_epoch
-        if position == 0 and index > 0:
-            epoch_images, epoch_labels = prepare_epoch(resident, resident_labels, generator)
-        step(epoch_images[position * batch_size:(position + 1) * batch_size], epoch_labels[position * batch_size:(position + 1) * batch_size])
+    for index in range(untimed_steps, untimed_steps + steps):
+        if index % per_epoch == 0 and index > 0:
+            epoch_images, epoch_labels = prepare_epoch(resident, resident_labels, generator, precision)
+        step(*batch(index))
     _sync(device)
     seconds = time.perf_counter() - started
     return steps * batch_size / seconds, step.mode, step.loss_sum.item() / (steps * batch_size)
@@ -123,12 +154,24 @@ def project_loop(model_name: str, images, labels, device, batch_size: int, steps
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=None, help="comma-separated names (default: resnet18,resnet34 on CUDA, resnet20 on the CPU)")
+    parser.add_argument(
+        "--models", default=None, help="comma-separated names (default: resnet18,resnet34 on CUDA, resnet20 on the CPU)"
+    )
     parser.add_argument("--data", default="synthetic", help="data source (throughput does not depend on it)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per loop (default: 200 on CUDA, 4 on the CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 30 on CUDA, 1 on the CPU)")
+    parser.add_argument(
+        "--precision", default="auto", choices=PRECISIONS, help="of our loop (auto: bf16 on CUDA, fp32 on the CPU)"
+    )
+    parser.add_argument("--batch-size", type=int, default=paper.BATCH_SIZE)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per loop (default: 200 on CUDA, 4 on the CPU)"
+    )
+    parser.add_argument(
+        "--untimed-steps",
+        type=int,
+        default=None,
+        help="steps run before the clock starts (default: 30 on CUDA, 1 on the CPU)",
+    )
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the reference loop")
     args = parser.parse_args(argv)
 
@@ -140,28 +183,39 @@ def main(argv: list[str] | None = None) -> int:
         if name not in list_models():
             parser.error(f"unknown model {name!r}; legal values: {', '.join(list_models())}")
     steps = args.steps or (200 if on_cuda else 4)
-    warmup = args.warmup if args.warmup is not None else (30 if on_cuda else 1)
+    untimed = args.untimed_steps if args.untimed_steps is not None else (30 if on_cuda else 1)
     if on_cuda:
         torch.backends.cudnn.benchmark = True
-    size = max(args.batch_size * (steps + warmup + 1), 2048) if args.data == "synthetic" else None
+    size = max(args.batch_size * (steps + untimed + 1), 2048) if args.data == "synthetic" else None
     data = load_cifar10(f"synthetic:{min(size, 50_000)}" if size else args.data)
     images, labels = data.train_images, data.train_labels
     peak = peak_flops(device)
     device_name = torch.cuda.get_device_name(device) if on_cuda else "cpu"
-    print(f"device: {device_name}; batch {args.batch_size}; {steps} timed steps after {warmup} warm-up; "
-          f"peak bf16 {peak / 1e12:.0f} TFLOP/s" if peak else f"device: {device_name}; batch {args.batch_size}; "
-          f"{steps} timed steps after {warmup} warm-up; peak FLOP/s unknown", flush=True)
-    header = f"{'model':<10} {'reference img/s':>16} {'ours eager':>12} {'ours':>12} {'mode':>11} {'ratio':>7} {'peak share':>11} {'loss eager/ours':>17}"
+    precision = Precision.for_device(args.precision, device).name
+    print(
+        f"device: {device_name}; batch {args.batch_size}; {steps} timed steps after {untimed} untimed; "
+        f"ours in {precision}; "
+        + (f"peak bf16 {peak / 1e12:.0f} TFLOP/s" if peak else "peak FLOP/s unknown"),
+        flush=True,
+    )
+    header = (
+        f"{'model':<10} {'reference img/s':>16} {'ours eager':>12} {'ours':>12} {'mode':>11} {'ratio':>7} "
+        f"{'peak share':>11} {'loss eager/ours':>17}"
+    )
     print(header)
     print("-" * len(header))
     for name in models:
         flops_per_image = 6 * count_multiply_adds(build_model(name), image_size=32)
-        reference = reference_loop(name, images, labels, device, args.batch_size, steps, warmup, args.workers)
-        eager, _, eager_loss = project_loop(name, images, labels, device, args.batch_size, steps, warmup, "eager")
-        ours, mode, ours_loss = project_loop(name, images, labels, device, args.batch_size, steps, warmup, "auto")
+        shape = (name, images, labels, device, args.batch_size, steps, untimed)
+        reference = reference_loop(*shape, args.workers)
+        eager, _, eager_loss = project_loop(*shape, "eager", args.precision)
+        ours, mode, ours_loss = project_loop(*shape, "auto", args.precision)
         share = f"{100 * ours * flops_per_image / peak:.1f}%" if peak else "n/a"
-        print(f"{name:<10} {reference:>16,.0f} {eager:>12,.0f} {ours:>12,.0f} {mode:>11} {ours / reference:>6.2f}x {share:>11} "
-              f"{eager_loss:>8.4f}/{ours_loss:.4f}", flush=True)
+        print(
+            f"{name:<10} {reference:>16,.0f} {eager:>12,.0f} {ours:>12,.0f} {mode:>11} {ours / reference:>6.2f}x "
+            f"{share:>11} {eager_loss:>8.4f}/{ours_loss:.4f}",
+            flush=True,
+        )
     return 0
 
 

@@ -256,7 +256,8 @@ def _from_archive(path: Path) -> Cifar10:
     except (tarfile.TarError, EOFError, OSError) as error:
         if isinstance(error, DataError):
             raise
-        raise DataError(f"{path} is not a readable archive or is truncated ({type(error).__name__}: {error})") from error
+        problem = f"{type(error).__name__}: {error}"
+        raise DataError(f"{path} is not a readable archive or is truncated ({problem})") from error
 
 
 def _from_image_files(files: Iterable[tuple[str, callable]], origin: str) -> Cifar10:
@@ -275,9 +276,7 @@ def _from_image_files(files: Iterable[tuple[str, callable]], origin: str) -> Cif
             raise DataError(f"{origin}: image {name} is not under train/<class>/ or test/<class>/")
         label = match["label"]
         if label not in CLASSES:
-            raise DataError(
-                f"{origin}: unknown class {label!r} ({name}); legal classes: {', '.join(CLASSES)}"
-            )
+            raise DataError(f"{origin}: unknown class {label!r} ({name}); legal classes: {', '.join(CLASSES)}")
         prefixes.add(match["prefix"])
         if len(prefixes) > 1:
             raise DataError(f"{origin}: more than one train/test tree ({', '.join(sorted(prefixes))})")
@@ -285,7 +284,10 @@ def _from_image_files(files: Iterable[tuple[str, callable]], origin: str) -> Cif
             with Image.open(io.BytesIO(read())) as image:
                 image.load()
                 if image.size != (32, 32) or image.mode != "RGB":
-                    raise DataError(f"{origin}: {name} is {image.size[0]}x{image.size[1]} {image.mode}; CIFAR-10 images are 32x32 RGB")
+                    raise DataError(
+                        f"{origin}: {name} is {image.size[0]}x{image.size[1]} {image.mode}; "
+                        "CIFAR-10 images are 32x32 RGB"
+                    )
                 pixels = np.asarray(image, dtype=np.uint8)
         except DataError:
             raise
@@ -296,7 +298,9 @@ def _from_image_files(files: Iterable[tuple[str, callable]], origin: str) -> Cif
         labels[match["split"]].append(CLASSES.index(label))
     for split in ("train", "test"):
         if not images[split]:
-            raise DataError(f"{origin}: no images under {split}/<class>/; expected train/ and test/ trees of {', '.join(CLASSES)}")
+            raise DataError(
+                f"{origin}: no images under {split}/<class>/; expected train/ and test/ trees of {', '.join(CLASSES)}"
+            )
     kind = "jpeg" if suffixes == {".jpg"} else "png" if suffixes == {".png"} else "mixed"
     return Cifar10(
         torch.from_numpy(np.stack(images["train"])),

@@ -300,6 +300,14 @@ def resolve_shortcut(name: str, shortcut: str | None) -> str | None:
     return shortcut
 
 
+def check_stem(name: str, stem: str) -> None:
+    """A ``ValueError`` naming the legal stems unless ``stem`` fits network ``name``."""
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; legal values: {', '.join(STEMS)}")
+    if architecture(name).cifar_family and stem != "cifar":
+        raise ValueError(f"{name} belongs to the paper's CIFAR family; its only legal stem is 'cifar'")
+
+
 def build_model(name: str, *, shortcut: str | None = None, stem: str = "cifar", num_classes: int = 10) -> Network:
     """Build a registered network (He et al. 2015, Tables 1 and 3, section 4.2).
 
@@ -313,10 +321,7 @@ def build_model(name: str, *, shortcut: str | None = None, stem: str = "cifar", 
     """
     arch = architecture(name)
     option = resolve_shortcut(name, shortcut)
-    if stem not in STEMS:
-        raise ValueError(f"unknown stem {stem!r}; legal values: {', '.join(STEMS)}")
-    if arch.cifar_family and stem != "cifar":
-        raise ValueError(f"{name} belongs to the paper's CIFAR family; its only legal stem is 'cifar'")
+    check_stem(name, stem)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     return Network(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .train import ConfigError, TrainConfig, TrainResult, train
+from .config import ConfigError, TrainConfig
+from .train import TrainResult, train
 
 # Parameters the notebook takes besides the TrainConfig fields.
 RUNNER_OPTIONS = ("tracking_uri", "parent_run_id", "progress")
@@ -30,7 +31,8 @@ def configure(namespace: dict[str, Any], baseline: set[str]) -> tuple[TrainConfi
         raise ConfigError(f"bad notebook parameter: {error}") from None
 
 
-def run(config: TrainConfig, tracking_uri: str | None = None, parent_run_id: str | None = None, progress: bool = True) -> TrainResult:
+def run(config: TrainConfig, tracking_uri: str | None = None, parent_run_id: str | None = None,
+        progress: bool = True) -> TrainResult:
     return train(config, tracking_uri=tracking_uri, parent_run_id=parent_run_id, progress=progress)
 
 

@@ -1,20 +1,68 @@
-"""MLflow plumbing: which store, which experiment, which run. Training and the study runner use
-this; the report reads through it. Everything goes through ``MlflowClient`` with an explicit
-URI, so nothing depends on MLflow's process-global state (notebooks run many cells in one kernel).
+"""MLflow plumbing: which store, which experiment, which run, and every tag key.
+
+Training and the study runner write through these helpers; the report reads through them. They
+take plain dicts (never a training config), so the report does not depend on the trainer.
+Everything goes through ``MlflowClient`` with an explicit URI, so nothing depends on MLflow's
+process-global state (notebooks run many cells in one kernel).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import subprocess
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 from .paths import project_root
 
 STATUS_FINISHED = "FINISHED"
+
+# Run tags: the one place their keys are spelled.
 FINGERPRINT_TAG = "config_fingerprint"
 PARENT_TAG = "mlflow.parentRunId"
-ROLE_TAG = "role"  # "study" for a parent run, "cell" for a training run
+ROLE_TAG = "role"  # ROLE_STUDY for a study's parent run, ROLE_CELL for a training run
+ROLE_STUDY = "study"
+ROLE_CELL = "cell"
+STUDY_TAG = "study"
+PROFILE_TAG = "profile"
+CELL_TAG = "cell"
+MODEL_TAG = "model"
+SHORTCUT_TAG = "shortcut"
+SEED_TAG = "seed"
+DEVICE_TAG = "device"
+TORCH_VERSION_TAG = "torch_version"
+DATA_PROVENANCE_TAG = "data_provenance"
+DATA_DESCRIPTION_TAG = "data_description"
+FAILURE_REASON_TAG = "failure_reason"
+GIT_COMMIT_TAG = "git_commit"
+GIT_DIRTY_TAG = "git_dirty"
+# Experiment tag: MLflow 3's UI opens an experiment of unknown kind on its GenAI traces page; this
+# kind opens it on the runs table and charts. Newer UIs (3.17) decide by a workflow switch instead,
+# which a link sets with UI_WORKFLOW: every link this project prints carries it.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+UI_WORKFLOW = "workflowType=machine_learning"
+
+MLFLOW_BATCH_LIMIT = 1000  # metrics per log_batch call
+
+
+def ui_experiment_url(ui_base: str, experiment: str) -> str:
+    """The experiment's runs table in the MLflow UI (not its GenAI page)."""
+    return f"{ui_base}/#/experiments/{experiment}/runs?{UI_WORKFLOW}"
+
+
+def ui_run_url(ui_base: str, experiment: str, run_id: str) -> str:
+    return f"{ui_base}/#/experiments/{experiment}/runs/{run_id}?{UI_WORKFLOW}"
+
+
+def legacy_precision(device_tag: str) -> str:
+    """The precision a run recorded before precision was a setting ran in, from its device tag:
+    bf16 autocast on CUDA, fp32 on the CPU."""
+    return "fp32" if device_tag in ("", "cpu") else "bf16"
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
@@ -33,7 +81,8 @@ def client(tracking_uri: str | None = None):
 
 
 def prepare_store(tracking_uri: str | None = None) -> str:
-    """Create and migrate the store once, before any parallel writers start.
+    """Create and migrate the store once, before any parallel writers start, and mark every
+    experiment in it as model training (experiments made before that tag existed get it here).
 
     A fresh SQLite store breaks when several processes run its schema migrations at once, so the
     study runner calls this in the parent process first.
@@ -41,7 +90,10 @@ def prepare_store(tracking_uri: str | None = None) -> str:
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client(uri).search_experiments(max_results=1)
+    mlflow_client = client(uri)
+    for experiment in mlflow_client.search_experiments(max_results=1000):
+        if experiment.name != "Default" and experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return uri
 
 
@@ -63,7 +115,8 @@ def experiment_id(name: str, tracking_uri: str | None = None) -> str:
             mlflow_client.restore_experiment(existing.experiment_id)
         return existing.experiment_id
     try:
-        return mlflow_client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+        return mlflow_client.create_experiment(name, artifact_location=_artifact_location(uri, name),
+                                               tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:
         existing = mlflow_client.get_experiment_by_name(name)
         if existing is None:
@@ -79,13 +132,82 @@ def find_runs(experiment: str, tracking_uri: str | None = None, **tags: str) -> 
     )
 
 
+def create_run(mlflow_client, experiment: str, name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+    """A new run with its tags and parameters (values written as text, as MLflow stores them)."""
+    from mlflow.entities import Param
+
+    run_id = mlflow_client.create_run(experiment, run_name=name, tags=tags).info.run_id
+    mlflow_client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
+    return run_id
+
+
+def reopen_run(mlflow_client, run_id: str) -> str | None:
+    """Mark run ``run_id`` running again (a resumed cell); None if that run is gone from this store."""
+    try:
+        mlflow_client.get_run(run_id)
+    except Exception:
+        return None
+    mlflow_client.update_run(run_id, status="RUNNING")
+    mlflow_client.set_tag(run_id, FAILURE_REASON_TAG, "")
+    return run_id
+
+
+def log_metrics(mlflow_client, run_id: str, rows: list[dict[str, float]], step_key: str = "epoch") -> None:
+    """Every value of every row, at the row's ``step_key`` value as MLflow's step."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), now, int(row[step_key]))
+               for row in rows for key, value in row.items() if key != step_key]
+    for start in range(0, len(metrics), MLFLOW_BATCH_LIMIT):
+        mlflow_client.log_batch(run_id, metrics=metrics[start:start + MLFLOW_BATCH_LIMIT])
+
+
+def log_files(mlflow_client, run_id: str, files: dict[str, bytes]) -> None:
+    """Each ``name: content`` as an artifact of the run."""
+    with tempfile.TemporaryDirectory() as folder:
+        for name, content in files.items():
+            path = Path(folder) / name
+            path.write_bytes(content)
+            mlflow_client.log_artifact(run_id, str(path))
+
+
+def end_run(mlflow_client, run_id: str, status: str, reason: str = "", files: dict[str, bytes] | None = None) -> None:
+    """Terminate the run with ``status``, its reason as a tag and ``files`` as artifacts; never raises,
+    so that it cannot mask the failure it records."""
+    try:
+        if reason:
+            mlflow_client.set_tag(run_id, FAILURE_REASON_TAG, reason)
+        if files:
+            log_files(mlflow_client, run_id, files)
+        mlflow_client.set_terminated(run_id, status)
+    except Exception as error:
+        import sys
+
+        print(f"warning: could not mark MLflow run {run_id} {status}: {error}", file=sys.stderr)
+
+
+def metrics_csv(rows: list[dict[str, float]]) -> bytes:
+    """Rows of metrics as CSV text, the columns in order of first appearance."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
 def git_state() -> dict[str, str]:
     """Commit and dirty flag of the checkout, for provenance ("unknown" outside git)."""
     root = project_root()
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return {GIT_COMMIT_TAG: commit, GIT_DIRTY_TAG: str(bool(dirty)).lower()}
     except (OSError, subprocess.CalledProcessError):
         # A copy without .git (a remote GPU machine, say): the launcher may say which commit it is.
-        return {"git_commit": os.environ.get("RESNET_GIT_COMMIT", "unknown"), "git_dirty": os.environ.get("RESNET_GIT_DIRTY", "unknown")}
+        return {GIT_COMMIT_TAG: os.environ.get("RESNET_GIT_COMMIT", "unknown"),
+                GIT_DIRTY_TAG: os.environ.get("RESNET_GIT_DIRTY", "unknown")}

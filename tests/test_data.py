@@ -7,9 +7,9 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_ARCHIVE
 from PIL import Image
 
-from conftest import SHARED_ARCHIVE
 from resnet import data as data_module
 from resnet.data import CLASSES, DataError, cache_files, load_cifar10, subset, validation_split
 

@@ -42,7 +42,13 @@ def test_cifar_stem_parameter_counts(name, expected):
 
 @pytest.mark.parametrize(
     "name, expected",
-    [("resnet20", 269_722), ("resnet32", 464_154), ("resnet44", 658_586), ("resnet56", 853_018), ("resnet110", 1_727_962)],
+    [
+        ("resnet20", 269_722),
+        ("resnet32", 464_154),
+        ("resnet44", 658_586),
+        ("resnet56", 853_018),
+        ("resnet110", 1_727_962),
+    ],
 )
 def test_cifar_family_parameter_counts(name, expected):
     # The paper's section 4.2: 0.27M ... 1.7M parameters with option A.
@@ -86,9 +92,7 @@ def test_option_a_pads_exact_zeros_and_has_no_parameters():
 def test_option_c_projects_every_block_and_b_only_where_shape_changes():
     def projections(model):
         return sum(
-            1
-            for m in model.modules()
-            if hasattr(m, "downsample") and isinstance(m.downsample, torch.nn.Sequential)
+            1 for m in model.modules() if hasattr(m, "downsample") and isinstance(m.downsample, torch.nn.Sequential)
         )
 
     assert projections(build_model("resnet34", shortcut="C")) == 3 + 4 + 6 + 3
@@ -113,7 +117,11 @@ def test_initialisation_is_he_normal_and_bn_identity():
     model = build_model("resnet56")
     conv = model.layer3[0].conv2  # 64 -> 64 channels, 3x3: fan_out = 576
     assert abs(conv.weight.std().item() - (2 / 576) ** 0.5) < 0.003
-    assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert all(
+        torch.all(m.weight == 1) and torch.all(m.bias == 0)
+        for m in model.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    )
 
 
 def test_three_by_three_responses_cover_every_3x3_layer():
@@ -124,9 +132,26 @@ def test_three_by_three_responses_cover_every_3x3_layer():
 def test_registry_names():
     names = list_models()
     assert names[:2] == ["plain18", "plain20"]
-    expected = {"plain18", "plain34", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                "plain20", "plain32", "plain44", "plain56", "plain110",
-                "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202"}
+    expected = {
+        "plain18",
+        "plain34",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "plain20",
+        "plain32",
+        "plain44",
+        "plain56",
+        "plain110",
+        "resnet20",
+        "resnet32",
+        "resnet44",
+        "resnet56",
+        "resnet110",
+        "resnet1202",
+    }
     assert set(names) == expected
 
 

@@ -24,7 +24,9 @@ def test_environment_yml_installs_the_package_from_pyproject():
 
 
 def test_make_without_a_goal_prints_help():
-    output = subprocess.run(["make", "--no-print-directory"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(
+        ["make", "--no-print-directory"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     for target in ("reproduce", "test", "help"):
         assert f"make {target}" in output
 

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from resnet import tracking
-from resnet.study import StudyError, load_study, main, run_study
+from resnet.runner import run_study
+from resnet.study import StudyError, load_study, main
 
 TINY_STUDY = """
 defaults: {{schedule: cosine, batch_size: 32, data: "synthetic:320", device: cpu}}
@@ -38,24 +39,34 @@ def _runs(store, study):
 @pytest.mark.slow
 def test_smoke_study_end_to_end_then_a_rerun_trains_nothing(store, tmp_path):
     study = load_study("smoke", data="synthetic:640")
-    assert [c.name for c in study.cells] == ["plain18-s0", "plain34-s0", "resnet18-A-s0", "resnet18-B-s0",
-                                             "resnet18-C-s0", "resnet34-A-s0", "resnet34-B-s0", "resnet34-C-s0"]
+    assert [c.name for c in study.cells] == [
+        "plain18-s0",
+        "plain34-s0",
+        "resnet18-A-s0",
+        "resnet18-B-s0",
+        "resnet18-C-s0",
+        "resnet34-A-s0",
+        "resnet34-B-s0",
+        "resnet34-C-s0",
+    ]
     outcome = run_study(study, tracking_uri=store, progress=False)
     assert [c.status for c in outcome.cells] == ["FINISHED"] * 8 and not outcome.failed
     assert outcome.images_trained == 8 * 2 * 4 * 32  # cells x epochs x steps x batch
 
     runs = _runs(store, "smoke")
-    parents = [r for r in runs if r.data.tags.get("role") == "study"]
-    children = [r for r in runs if r.data.tags.get("role") == "cell"]
+    parents = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == tracking.ROLE_STUDY]
+    children = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == tracking.ROLE_CELL]
     assert len(parents) == 1 and len(children) == 8
-    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.data.tags[tracking.PARENT_TAG] for r in children} == {parents[0].info.run_id}
     client = tracking.client(store)
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "train_error")] == [1, 2]
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert f"{child.data.tags['cell']}.ipynb" in artifacts and "metrics.csv" in artifacts
-        executed = json.loads((Path(os.environ["RESNET_RUNS_DIR"]) / "smoke" / f"{child.data.tags['cell']}.ipynb").read_text())
-        assert executed["metadata"]["papermill"]["parameters"]["model"] == child.data.tags["model"]
+        assert f"{child.data.tags[tracking.CELL_TAG]}.ipynb" in artifacts and "metrics.csv" in artifacts
+        executed = json.loads(
+            (Path(os.environ["RESNET_RUNS_DIR"]) / "smoke" / f"{child.data.tags[tracking.CELL_TAG]}.ipynb").read_text()
+        )
+        assert executed["metadata"]["papermill"]["parameters"]["model"] == child.data.tags[tracking.MODEL_TAG]
         assert any(o.get("output_type") == "display_data" for c in executed["cells"] for o in c.get("outputs", []))
 
     again = run_study(study, tracking_uri=store, progress=False)
@@ -64,7 +75,11 @@ def test_smoke_study_end_to_end_then_a_rerun_trains_nothing(store, tmp_path):
 
 
 def test_bad_cells_fail_clearly_while_the_others_finish(store, tmp_path, capsys):
-    path = _write_study(tmp_path, "  - {model: resnet20}\n  - {model: plain20, lr: -1}\n  - {model: resnet20, lr: 1.0e30, run_name: resnet20-diverging}")
+    path = _write_study(
+        tmp_path,
+        "  - {model: resnet20}\n  - {model: plain20, lr: -1}\n  - {model: resnet20, lr: 1.0e30, "
+        "run_name: resnet20-diverging}",
+    )
     exit_code = main(["--study", str(path), "--profile", "test", "--tracking-uri", store])
     printed = capsys.readouterr().out
     assert exit_code == 1
@@ -85,7 +100,9 @@ def test_killed_study_resumes_without_redoing_finished_cells(store, tmp_path):
     path = _write_study(tmp_path, "  - {model: [resnet20, plain20]}", epochs=6)
     command = [sys.executable, "-m", "resnet.study", "--study", str(path), "--profile", "test", "--tracking-uri", store]
     environment = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     checkpoints = tmp_path / "runs" / "tiny" / "checkpoints"
     deadline = time.time() + 240
     output = []
@@ -109,15 +126,19 @@ def test_killed_study_resumes_without_redoing_finished_cells(store, tmp_path):
     assert "done     resnet20-A-s0 (finished earlier" in rerun.stdout
     assert "start    plain20-s0 (resuming)" in rerun.stdout
     runs = _runs(store, "tiny")
-    cells = [r for r in runs if r.data.tags.get("role") == "cell"]
+    cells = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == tracking.ROLE_CELL]
     assert sorted(r.info.run_name for r in cells) == ["plain20-s0", "resnet20-A-s0"]  # resumed, not restarted
     assert all(r.info.status == "FINISHED" for r in cells)
-    history = tracking.client(store).get_metric_history(next(r for r in cells if r.info.run_name == "plain20-s0").info.run_id, "train_error")
+    history = tracking.client(store).get_metric_history(
+        next(r for r in cells if r.info.run_name == "plain20-s0").info.run_id, "train_error"
+    )
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
 
 
 def test_study_definition_errors_name_the_legal_values(tmp_path):
-    with pytest.raises(StudyError, match="unknown study 'degredation'; available studies: cifar-depth, degradation, smoke"):
+    with pytest.raises(
+        StudyError, match="unknown study 'degredation'; available studies: cifar-depth, degradation, smoke"
+    ):
         load_study("degredation")
     with pytest.raises(StudyError, match="has no profile 'fast'; legal profiles: quick, full"):
         load_study("degradation", "fast")
@@ -131,11 +152,19 @@ def test_studies_expand_to_the_papers_grids():
     assert len(degradation.cells) == 8 * 3
     assert {c.config.iterations for c in degradation.cells} == {64_000}
     assert {(c.config.model, c.config.shortcut) for c in degradation.cells} == {
-        ("plain18", None), ("plain34", None), ("resnet18", "A"), ("resnet18", "B"), ("resnet18", "C"),
-        ("resnet34", "A"), ("resnet34", "B"), ("resnet34", "C")}
+        ("plain18", None),
+        ("plain34", None),
+        ("resnet18", "A"),
+        ("resnet18", "B"),
+        ("resnet18", "C"),
+        ("resnet34", "A"),
+        ("resnet34", "B"),
+        ("resnet34", "C"),
+    }
     depth = load_study("cifar-depth", "full")
     assert sorted({c.config.model for c in depth.cells}) == sorted(
-        ["plain20", "plain32", "plain44", "plain56", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"])
+        ["plain20", "plain32", "plain44", "plain56", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+    )
     assert {c.config.model for c in depth.cells if c.config.warmup} == {"resnet110"}
     assert all(c.config.shortcut in (None, "A") for c in depth.cells)
 
@@ -146,3 +175,19 @@ def test_unreachable_data_stops_the_study_before_any_cell_with_a_clear_message(s
     assert stopped.value.code == 2
     assert "does not exist; pass 'download', 'synthetic'" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "smoke").exists() or not list((tmp_path / "runs" / "smoke").glob("*.ipynb"))
+
+
+def test_precision_set_on_the_command_line_makes_its_own_finished_cells(store, tmp_path, capsys):
+    path = _write_study(tmp_path, "  - {model: plain20}")
+    base = ["--study", str(path), "--profile", "test", "--tracking-uri", store]
+    assert main(base + ["--set", "precision=bf16"]) == 0
+    assert "finished plain20-s0" in capsys.readouterr().out
+    assert main(base + ["--set", "precision=fp32"]) == 0  # a different cell: trained, not skipped
+    assert "finished plain20-s0" in capsys.readouterr().out
+    assert main(base + ["--set", "precision=fp32"]) == 0
+    assert "done     plain20-s0 (finished earlier" in capsys.readouterr().out
+    assert main(base) == 0  # auto on the CPU is fp32: the same cell again
+    assert "done     plain20-s0 (finished earlier" in capsys.readouterr().out
+    cells = [r for r in _runs(store, "tiny") if r.data.tags.get(tracking.ROLE_TAG) == tracking.ROLE_CELL]
+    assert sorted(r.data.params["precision"] for r in cells) == ["bf16", "fp32"]
+    assert all(r.info.status == "FINISHED" for r in cells)

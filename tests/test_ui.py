@@ -1,7 +1,9 @@
-"""The real MLflow UI server finds the study's experiment and runs through its REST API."""
+"""The real MLflow UI server finds the study's experiment and runs through its REST API, and the link
+`make ui` prints opens the runs table in a browser (not MLflow's GenAI traces page)."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,8 +12,10 @@ import urllib.request
 
 import pytest
 
-from resnet.train import TrainConfig, train
-from resnet.ui import ui_command
+from resnet import tracking
+from resnet.config import TrainConfig
+from resnet.train import train
+from resnet.ui import study_links, ui_command
 
 
 def _free_port() -> int:
@@ -33,11 +37,20 @@ def _post(url: str, body: dict):
 
 @pytest.mark.slow
 def test_mlflow_ui_serves_the_study_runs(store):
-    config = TrainConfig(model="resnet20", data="synthetic:160", batch_size=32, device="cpu", study="ui-check",
-                         schedule="cosine", epochs=2)
+    config = TrainConfig(
+        model="resnet20",
+        data="synthetic:160",
+        batch_size=32,
+        device="cpu",
+        study="ui-check",
+        schedule="cosine",
+        epochs=2,
+    )
     result = train(config, tracking_uri=store, progress=False)
     port = _free_port()
-    server = subprocess.Popen(ui_command(store, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        ui_command(store, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -57,6 +70,27 @@ def test_mlflow_ui_serves_the_study_runs(store):
         artifacts = _get(f"{base}/api/2.0/mlflow/artifacts/list?run_id={result.run_id}")
         assert {f["path"] for f in artifacts["files"]} == {"config.json", "metrics.csv", "state_dict.pt"}
         assert "<html" in urllib.request.urlopen(base, timeout=5).read().decode().lower()
+        assert experiment["tags"] and {t["key"]: t["value"] for t in experiment["tags"]}[
+            tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+        (link,) = [line.split()[1] for line in study_links(store, base) if line.split()[0] == "ui-check"]
+        text = _page_text(link)
+        assert "Run Name" in text and "resnet20-A-s0" in text  # the runs table, with the run
+        assert "Observability" not in text and "Token Usage" not in text  # not the GenAI overview
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and its workers
         server.wait(timeout=30)
+
+
+def _page_text(url: str) -> str:
+    """The visible text of ``url`` in headless Chromium, once the app has rendered."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"),
+                                             args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(url)
+        page.get_by_text("resnet20-A-s0").first.wait_for(timeout=60_000)
+        text = page.inner_text("body")
+        browser.close()
+    return text

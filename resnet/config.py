@@ -1,0 +1,215 @@
+"""What defines one training run: :class:`TrainConfig`, validated once, at the edge.
+
+Notebook parameters, study YAML and ``--set KEY=VALUE`` all arrive here as plain values;
+:meth:`TrainConfig.from_mapping` coerces the natural spellings and rejects unknown or mistyped keys
+with a :class:`ConfigError` that names the key and the legal values.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from . import paper
+from .models import architecture, check_stem, resolve_shortcut
+
+SCHEDULES = ("paper", "multistep", "cosine")
+STEP_MODES = ("auto", "eager", "cuda-graph")
+PRECISIONS = ("auto", "bf16", "fp32")
+# Not part of the experiment's identity: where, how fast, and under which name it runs.
+NOT_IDENTITY = ("device", "step_mode", "study", "run_name", "cell")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, mistyped or out of range; the message names the key."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines one training run. Validated on construction."""
+
+    model: str = "resnet20"
+    shortcut: str | None = None  # "A" | "B" | "C" | None (the paper's default for the model)
+    stem: str = "cifar"
+    schedule: str = "paper"  # paper: /10 at 50% and 75% of training | multistep | cosine
+    iterations: int | None = None  # SGD steps in all (paper: 64,000); or give epochs
+    epochs: int | None = None
+    milestones: tuple[int, ...] = ()  # multistep: epochs at which the learning rate is divided by 10
+    batch_size: int = paper.BATCH_SIZE
+    lr: float = paper.LEARNING_RATE
+    momentum: float = paper.MOMENTUM
+    weight_decay: float = paper.WEIGHT_DECAY
+    warmup: bool = False  # lr 0.01 until the training error is below 80% (the paper's ResNet-110)
+    seed: int = 0
+    data: str = "download"
+    validation: bool = False  # hold out 5k training images as the test set (the paper's 45k/5k)
+    train_subset: int | None = None  # use only this many training images (smoke runs)
+    test_subset: int | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    step_mode: str = "auto"  # auto (CUDA graph on CUDA, eager on CPU) | eager | cuda-graph
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on the CPU) | bf16 | fp32
+    diagnostics: bool = False  # per-stage gradient norms and 3x3 response std (Figure 7)
+    study: str = "adhoc"  # MLflow experiment
+    run_name: str = ""  # defaults to model[-shortcut]-s<seed>
+    cell: str = ""  # grid cell name within a study
+
+    def __post_init__(self) -> None:
+        resolved = self._validate()
+        # Normalise derived fields so that equal runs have equal configs.
+        object.__setattr__(self, "shortcut", resolved)
+        if not self.run_name:
+            object.__setattr__(self, "run_name", self.default_run_name())
+
+    def _validate(self) -> str | None:
+        """Raise :class:`ConfigError` on the first bad value; return the resolved shortcut."""
+
+        def fail(key: str, message: str):
+            raise ConfigError(f"{key}: {message}")
+
+        def one_of(key: str, legal: tuple[str, ...], what: str) -> None:
+            if getattr(self, key) not in legal:
+                fail(key, f"unknown {what} {getattr(self, key)!r}; legal values: {', '.join(legal)}")
+
+        for key, check in (
+            ("model", lambda: architecture(self.model)),
+            ("stem", lambda: check_stem(self.model, self.stem)),
+            ("shortcut", lambda: resolve_shortcut(self.model, self.shortcut)),
+        ):
+            try:
+                resolved = check()
+            except ValueError as error:
+                fail(key, str(error))
+        one_of("schedule", SCHEDULES, "schedule")
+        one_of("step_mode", STEP_MODES, "step mode")
+        one_of("precision", PRECISIONS, "precision")
+        if self.iterations is not None and self.epochs is not None:
+            fail("epochs", "give either iterations or epochs, not both")
+        if self.schedule != "paper" and self.iterations is None and self.epochs is None:
+            fail("epochs", f"the {self.schedule} schedule needs epochs (or iterations)")
+        for key in ("iterations", "epochs", "train_subset", "test_subset"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                fail(key, f"must be a positive whole number or None, got {value}")
+        if self.batch_size < 1:
+            fail("batch_size", f"must be positive, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            fail("lr", f"must be a positive number, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            fail("momentum", f"must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            fail("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.schedule == "multistep":
+            if not self.milestones:
+                fail("milestones", "the multistep schedule needs milestones (epochs), e.g. [91, 136]")
+            if list(self.milestones) != sorted(set(self.milestones)) or self.milestones[0] < 1:
+                fail("milestones", f"must be increasing positive epochs, got {list(self.milestones)}")
+        elif self.milestones:
+            fail("milestones", f"only the multistep schedule takes milestones (schedule is {self.schedule!r})")
+        cuda_index = self.device.startswith("cuda:") and self.device[5:].isdigit()
+        if not (self.device in ("auto", "cpu", "cuda") or cuda_index):
+            fail("device", f"unknown device {self.device!r}; legal values: auto, cpu, cuda, cuda:N")
+        if not self.data:
+            fail("data", "must name a source: 'download', 'synthetic', or a path to a local copy")
+        if not self.study:
+            fail("study", "must be a non-empty experiment name")
+        return resolved
+
+    def default_run_name(self) -> str:
+        option = f"-{self.shortcut}" if self.shortcut else ""
+        return f"{self.model}{option}-s{self.seed}"
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from plain values (notebook parameters, YAML), rejecting unknown or mistyped keys."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = [key for key in values if key not in known]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(f"unknown parameter {', '.join(hints)}; legal parameters: {', '.join(known)}")
+        defaults = cls()
+        coerced = {key: _coerce(key, value, getattr(defaults, key), known[key].type) for key, value in values.items()}
+        return cls(**coerced)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["milestones"] = list(self.milestones)
+        return values
+
+    def resolved_for(self, device_type: str) -> TrainConfig:
+        """This config as it runs on a ``device_type`` ("cuda" or "cpu") device: precision decided."""
+        return replace(self, precision=resolve_precision(self.precision, device_type))
+
+    def fingerprint(self) -> str:
+        """Identity of the experiment: what decides the curve, not where or how fast it runs.
+
+        The precision must be resolved first (:meth:`resolved_for`): a bf16 run and an fp32 run of
+        the same network are different experiments."""
+        if self.precision == "auto":
+            raise ConfigError("precision: resolve 'auto' for a device (TrainConfig.resolved_for) before fingerprinting")
+        identity = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
+        return _hash(identity)
+
+    def legacy_fingerprint(self) -> str | None:
+        """The fingerprint that runs recorded before precision was a setting carry, if such a run can be
+        this experiment: they ran bf16 on CUDA and fp32 on the CPU, and their identity had no precision
+        key. The caller checks the run's device against the precision."""
+        if self.precision == "auto":
+            raise ConfigError("precision: resolve 'auto' for a device (TrainConfig.resolved_for) before fingerprinting")
+        identity = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY + ("precision",)}
+        return _hash(identity)
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``auto``: bf16 on CUDA (autocast, where tensor cores run it), fp32 on the CPU."""
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    return precision
+
+
+def _hash(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:
+    """Accept the natural spellings of each type; reject the rest with the key's name."""
+    optional = "None" in annotation
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("", "none", "null")):
+        if optional:
+            return None
+        raise ConfigError(f"{key}: may not be None")
+    if "tuple" in annotation:
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of whole numbers, got {value!r}")
+        try:
+            return tuple(int(part) for part in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a list of whole numbers, got {value!r}") from None
+    if "bool" in annotation:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if "int" in annotation:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        return int(value)
+    if "float" in annotation:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected text, got {value!r}")
+    return value

@@ -1,0 +1,297 @@
+"""What one step of training is: the optimiser, augmentation and normalisation on the device, the
+eager and CUDA-graph steps, evaluation, and the Figure 7 layer statistics.
+
+The run loop (``train.py``) and the throughput bench (``bench.py``) both build on these parts, so
+the bench times exactly the step that training runs.
+
+Precision is one setting (:class:`Precision`): ``bf16`` runs the model under bf16 autocast with
+channels_last tensors (the layout cuDNN's and oneDNN's bf16 convolutions run fastest in); ``fp32``
+runs in fp32, channels_last on CUDA and in the default contiguous layout on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import paper
+from .config import ConfigError, resolve_precision
+from .data import MEAN, STD
+from .models import three_by_three_responses
+
+EVAL_BATCH = 1000
+LAYER_STATISTICS_BATCH = 256  # the fixed batch the Figure 7 statistics are measured on
+# Steps run before a CUDA graph is captured (cuDNN autotuning, allocator); their effects are undone.
+GRAPH_PRIMING_STEPS = 3
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA if present, else the CPU; an explicit CUDA request without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available here; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The number format and memory layout of the training step, decided once for a device."""
+
+    device: torch.device
+    name: str  # resolved: "bf16" or "fp32"
+
+    @classmethod
+    def for_device(cls, setting: str, device: torch.device) -> Precision:
+        return cls(device, resolve_precision(setting, device.type))
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.name == "bf16" else torch.float32
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        # bf16 anywhere and fp32 on CUDA: channels_last. fp32 on the CPU keeps the default layout
+        # (the path this project has always run on the CPU).
+        if self.name == "bf16" or self.device.type == "cuda":
+            return torch.channels_last
+        return torch.contiguous_format
+
+    def autocast(self, cache_enabled: bool = True):
+        if self.name != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
+
+    def place_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device, memory_format=self.memory_format)
+
+    def layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=self.memory_format)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser
+# --------------------------------------------------------------------------------------------
+class SGD:
+    """``torch.optim.SGD`` (momentum, coupled weight decay, no dampening), with foreach ops and the
+    learning rate held in a device tensor, so that a CUDA graph can capture the update and the
+    schedule can change it without re-capture. Gives the same numbers as ``torch.optim.SGD``."""
+
+    def __init__(self, parameters, lr: torch.Tensor, momentum: float, weight_decay: float):
+        self.parameters = [p for p in parameters if p.requires_grad]
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.momentum_buffers = [torch.zeros_like(p) for p in self.parameters]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        grads = [p.grad for p in self.parameters]
+        if self.weight_decay:
+            torch._foreach_add_(grads, self.parameters, alpha=self.weight_decay)
+        torch._foreach_mul_(self.momentum_buffers, self.momentum)
+        torch._foreach_add_(self.momentum_buffers, grads)
+        torch._foreach_sub_(self.parameters, torch._foreach_mul(self.momentum_buffers, self.lr))
+
+    def zero_grad(self) -> None:
+        for p in self.parameters:
+            p.grad = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"momentum_buffers": [b.clone() for b in self.momentum_buffers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for buffer, saved in zip(self.momentum_buffers, state["momentum_buffers"], strict=True):
+            buffer.copy_(saved)
+
+
+# --------------------------------------------------------------------------------------------
+# Input on the device
+# --------------------------------------------------------------------------------------------
+def normalise(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 -> per-channel standardised ``dtype``."""
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1) * 255
+    return ((images.float() - mean) / std).to(dtype)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, chunk: int = 10_000) -> torch.Tensor:
+    """The paper's augmentation, per image: 4-pixel zero padding, a random 32x32 crop and a
+    horizontal flip with probability 0.5 (section 4.2). uint8 in, uint8 out.
+
+    The crop offsets and the flip are folded into one row index and one column index, so each
+    chunk costs two gathers and no Python loop over images.
+    """
+    count = images.shape[0]
+    device = images.device
+    pad = paper.CROP_PADDING
+    offset_y = torch.randint(0, 2 * pad + 1, (count,), generator=generator, device=device)
+    offset_x = torch.randint(0, 2 * pad + 1, (count,), generator=generator, device=device)
+    flip = torch.rand(count, generator=generator, device=device) < 0.5
+    positions = torch.arange(32, device=device)
+    rows = offset_y[:, None] + positions  # count x 32
+    cols = offset_x[:, None] + torch.where(flip[:, None], 31 - positions, positions)
+    out = torch.empty_like(images)
+    for start in range(0, count, chunk):
+        stop = min(start + chunk, count)
+        padded = F.pad(images[start:stop], (pad, pad, pad, pad))  # zeros: the paper pads with zeros
+        n = stop - start
+        picked_rows = padded.gather(2, rows[start:stop, None, :, None].expand(n, 3, 32, 32 + 2 * pad))
+        out[start:stop] = picked_rows.gather(3, cols[start:stop, None, None, :].expand(n, 3, 32, 32))
+    return out
+
+
+def prepare_epoch(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+                  precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch of training input, on the images' device: shuffled, augmented, normalised, in
+    the step's dtype and layout. Batches are then slices of it (no per-step preparation)."""
+    order = torch.randperm(len(labels), generator=generator, device=images.device)
+    epoch_images = normalise(augment(images[order], generator), precision.input_dtype)
+    return precision.layout(epoch_images), labels[order]
+
+
+# --------------------------------------------------------------------------------------------
+# The training step: eager, or captured in a CUDA graph
+# --------------------------------------------------------------------------------------------
+class TrainStep:
+    """Forward, loss, backward and SGD for one batch, adding its summed loss and error count to
+    on-device accumulators (no host sync)."""
+
+    def __init__(self, model: nn.Module, optimizer: SGD, precision: Precision):
+        self.model = model
+        self.optimizer = optimizer
+        self.precision = precision
+        device = precision.device
+        self.loss_sum = torch.zeros((), device=device)
+        self.error_count = torch.zeros((), device=device, dtype=torch.int64)
+        self.mode = "eager"
+
+    def _forward_backward_update(self, images: torch.Tensor, labels: torch.Tensor, cache_enabled: bool = True) -> None:
+        with self.precision.autocast(cache_enabled=cache_enabled):
+            logits = self.model(images)
+            loss = F.cross_entropy(logits, labels)
+        loss.backward()
+        self.optimizer.step()
+        self.loss_sum += loss.detach().float() * labels.shape[0]
+        self.error_count += (logits.argmax(dim=1) != labels).sum()
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.optimizer.zero_grad()
+        self._forward_backward_update(images, labels)
+
+    def reset_metrics(self) -> None:
+        self.loss_sum.zero_()
+        self.error_count.zero_()
+
+
+class GraphedTrainStep(TrainStep):
+    """The same step captured once in a CUDA graph and replayed: one launch per step instead of
+    hundreds, which is what keeps a large GPU busy at the paper's batch of 128."""
+
+    def __init__(self, model: nn.Module, optimizer: SGD, precision: Precision, first_batch):
+        super().__init__(model, optimizer, precision)
+        device = precision.device
+        self.static_images = precision.layout(torch.empty_like(first_batch[0]))
+        self.static_labels = torch.empty_like(first_batch[1])
+        self.static_images.copy_(first_batch[0])
+        self.static_labels.copy_(first_batch[1])
+        # Priming steps (cuDNN autotuning, allocator) change weights, BN statistics and momentum:
+        # snapshot them and restore afterwards so the curve equals the eager one.
+        state = [t for t in model.state_dict().values()] + optimizer.momentum_buffers
+        snapshot = [t.clone() for t in state]
+        side_stream = torch.cuda.Stream(device)
+        side_stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side_stream):
+            for _ in range(GRAPH_PRIMING_STEPS):
+                optimizer.zero_grad()
+                self._forward_backward_update(self.static_images, self.static_labels, cache_enabled=False)
+        torch.cuda.current_stream(device).wait_stream(side_stream)
+        optimizer.zero_grad()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._forward_backward_update(self.static_images, self.static_labels, cache_enabled=False)
+        with torch.no_grad():
+            for tensor, saved in zip(state, snapshot):
+                tensor.copy_(saved)
+        self.reset_metrics()
+        self.mode = "cuda-graph"
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        # A replayed graph reads fixed addresses, so each batch is copied into its input buffer:
+        # one device-to-device copy (768 KiB at batch 128), no host sync.
+        self.static_images.copy_(images)
+        self.static_labels.copy_(labels)
+        self.graph.replay()
+
+
+def make_train_step(model: nn.Module, optimizer: SGD, precision: Precision, step_mode: str, first_batch) -> TrainStep:
+    """The CUDA graph where it can run; the eager step elsewhere, or if capture fails."""
+    on_cuda = precision.device.type == "cuda"
+    wants_graph = step_mode == "cuda-graph" or (step_mode == "auto" and on_cuda)
+    if wants_graph and not on_cuda:
+        warnings.warn("step_mode 'cuda-graph' needs CUDA; falling back to the eager step on the CPU")
+        wants_graph = False
+    if wants_graph:
+        try:
+            return GraphedTrainStep(model, optimizer, precision, first_batch)
+        except Exception as error:  # keep training: a slow run beats no run
+            warnings.warn(f"CUDA graph capture failed ({error}); falling back to the eager step")
+            optimizer.zero_grad()
+    return TrainStep(model, optimizer, precision)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation and the Figure 7 layer statistics
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, precision: Precision) -> tuple[float, float]:
+    """Test loss and error (%) in eval mode; one host sync at the end."""
+    model.eval()
+    loss_sum = torch.zeros((), device=precision.device)
+    errors = torch.zeros((), device=precision.device, dtype=torch.int64)
+    for start in range(0, len(labels), EVAL_BATCH):
+        batch = precision.layout(normalise(images[start:start + EVAL_BATCH], precision.input_dtype))
+        target = labels[start:start + EVAL_BATCH]
+        with precision.autocast():
+            logits = model(batch)
+        loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
+        errors += (logits.argmax(dim=1) != target).sum()
+    model.train()
+    return loss_sum.item() / len(labels), 100.0 * errors.item() / len(labels)
+
+
+def layer_statistics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Per-stage gradient norm, and the std of every 3x3 layer's response (after BN, before the
+    ReLU/addition: the paper's Figure 7), on a fixed batch with BN in eval mode. Reads gradients
+    through ``torch.autograd.grad`` so the training step's ``.grad`` buffers are untouched."""
+    model.eval()
+    responses = three_by_three_responses(model)
+    stds: dict[str, torch.Tensor] = {}
+    hooks = [module.register_forward_hook(lambda m, i, o, name=name: stds.__setitem__(name, o.detach().float().std()))
+             for name, module in responses.items()]
+    try:
+        loss = F.cross_entropy(model(images).float(), labels)
+        stages = list(getattr(model, "stage_names", []))
+        parameters = {stage: list(getattr(model, stage).parameters()) for stage in stages}
+        flat = [p for stage in stages for p in parameters[stage]]
+        grads = torch.autograd.grad(loss, flat)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train()
+    names, values, index = [], [], 0
+    for stage in stages:
+        count = len(parameters[stage])
+        names.append(f"grad_norm_{stage}")
+        norms = torch.stack([torch.linalg.vector_norm(g) for g in grads[index:index + count]])
+        values.append(torch.linalg.vector_norm(norms))
+        index += count
+    names += [f"response_std_{name}" for name in stds]
+    values += list(stds.values())
+    return dict(zip(names, torch.stack(values).tolist()))  # one host sync for all of them

@@ -1,0 +1,73 @@
+"""The configuration: coercion, validation with the key and legal values, identity (fingerprints)."""
+
+import hashlib
+import json
+
+import pytest
+
+from resnet.config import ConfigError, TrainConfig, resolve_precision
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (dict(modle="resnet18"), "unknown parameter 'modle' \\(did you mean 'model'\\?\\)"),
+        (dict(model="resnet19"), "model: no resnet network of depth 19"),
+        (dict(model="plain18", shortcut="B"), "shortcut: plain18 is a plain network"),
+        (dict(schedule="linear"), "schedule: unknown schedule 'linear'; legal values: paper, multistep, cosine"),
+        (dict(epochs="ten"), "epochs: expected a whole number, got 'ten'"),
+        (dict(lr=-1), "lr: must be a positive number"),
+        (dict(schedule="multistep", epochs=10), "milestones: the multistep schedule needs milestones"),
+        (dict(device="tpu"), "device: unknown device 'tpu'; legal values: auto, cpu, cuda, cuda:N"),
+        (dict(warmup="maybe"), "warmup: expected true or false"),
+        (dict(epochs=3, iterations=100), "give either iterations or epochs"),
+    ],
+)
+def test_bad_configuration_is_rejected_with_the_key_and_legal_values(values, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_mapping(values)
+
+
+def test_config_from_mapping_coerces_natural_spellings():
+    config = TrainConfig.from_mapping({"model": "resnet18", "shortcut": "none", "schedule": "multistep", "epochs": "20",
+                                       "milestones": "10, 15", "lr": 1, "warmup": "true", "precision": "fp32"})
+    assert config.shortcut == "B" and config.epochs == 20 and config.milestones == (10, 15)
+    assert config.lr == 1.0 and config.warmup is True and config.run_name == "resnet18-B-s0"
+
+
+def test_precision_auto_resolves_to_bf16_on_cuda_and_fp32_on_the_cpu():
+    assert resolve_precision("auto", "cuda") == "bf16" and resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("fp32", "cuda") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    assert TrainConfig().resolved_for("cuda").precision == "bf16"
+    with pytest.raises(ConfigError, match="precision: unknown precision 'fp16'; legal values: auto, bf16, fp32"):
+        TrainConfig(precision="fp16")
+
+
+def test_fingerprint_is_the_identity_of_the_experiment_not_of_where_it_runs():
+    base = TrainConfig(model="plain20", epochs=3, schedule="cosine").resolved_for("cpu")
+    # The hash of the identity fields, nothing else: 16 hex digits of SHA-256 over sorted JSON.
+    where = ("device", "step_mode", "study", "run_name", "cell")
+    identity = {k: v for k, v in base.to_dict().items() if k not in where}
+    assert base.fingerprint() == hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    same_experiment = TrainConfig(model="plain20", epochs=3, schedule="cosine", device="cpu", study="elsewhere",
+                                  step_mode="eager", run_name="renamed", cell="x").resolved_for("cpu")
+    assert same_experiment.fingerprint() == base.fingerprint()
+    for change in (dict(seed=1), dict(lr=0.05), dict(epochs=4), dict(model="plain32"), dict(precision="bf16")):
+        other = TrainConfig(**{"model": "plain20", "epochs": 3, "schedule": "cosine", **change}).resolved_for("cpu")
+        assert other.fingerprint() != base.fingerprint(), change
+
+
+def test_precision_is_part_of_the_fingerprint_and_must_be_resolved_first():
+    config = TrainConfig(model="plain20", epochs=3, schedule="cosine")
+    explicit = TrainConfig(**{**config.to_dict(), "milestones": (), "precision": "fp32"})
+    assert config.resolved_for("cpu").fingerprint() == explicit.fingerprint()
+    assert config.resolved_for("cuda").fingerprint() != config.resolved_for("cpu").fingerprint()
+    with pytest.raises(ConfigError, match="resolve 'auto'"):
+        config.fingerprint()
+
+
+def test_legacy_fingerprint_is_the_identity_without_precision():
+    config = TrainConfig(model="plain20", epochs=3, schedule="cosine").resolved_for("cuda")
+    identity = {k: v for k, v in config.to_dict().items()
+                if k not in ("device", "step_mode", "study", "run_name", "cell", "precision")}
+    assert config.legacy_fingerprint() == hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,119 @@
+"""What one training step is: the optimiser, augmentation, precision and layout, the step modes."""
+
+import pytest
+import torch
+
+from resnet.engine import SGD, Precision, augment, layer_statistics, make_train_step, prepare_epoch
+from resnet.models import build_model
+
+
+def test_sgd_matches_torch_optim_sgd():
+    torch.manual_seed(0)
+    ours = torch.nn.Linear(5, 3)
+    reference = torch.nn.Linear(5, 3)
+    reference.load_state_dict(ours.state_dict())
+    lr = torch.tensor(0.1)
+    optimizer = SGD(ours.parameters(), lr, momentum=0.9, weight_decay=1e-4)
+    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    for step in range(5):
+        if step == 3:
+            lr.fill_(0.01)
+            reference_optimizer.param_groups[0]["lr"] = 0.01
+        x = torch.randn(8, 5)
+        optimizer.zero_grad()
+        reference_optimizer.zero_grad()
+        ours(x).square().sum().backward()
+        reference(x).square().sum().backward()
+        optimizer.step()
+        reference_optimizer.step()
+    for a, b in zip(ours.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+def test_augmentation_is_a_padded_crop_or_its_mirror():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(1, 256, (200, 3, 32, 32), dtype=torch.uint8)  # no zeros: padding shows
+    out = augment(images, generator, chunk=64)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    flips, offsets = 0, set()
+    for i in range(len(images)):
+        matches = [
+            (dy, dx, flip)
+            for dy in range(9)
+            for dx in range(9)
+            for flip in (False, True)
+            if torch.equal(
+                out[i], (lambda crop: crop.flip(-1) if flip else crop)(padded[i, :, dy : dy + 32, dx : dx + 32])
+            )
+        ]
+        assert matches, f"image {i} is not a crop of its padded original"
+        dy, dx, flip = matches[0]
+        flips += flip
+        offsets.add((dy, dx))
+    assert 70 < flips < 130  # a fair coin over 200 images
+    assert len(offsets) > 40  # offsets spread over the 81 possible
+
+def test_cuda_graph_step_falls_back_to_the_eager_step_on_the_cpu():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    optimizer = SGD(model.parameters(), torch.tensor(0.1), momentum=0.9, weight_decay=0.0)
+    batch = (torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]))
+    with pytest.warns(UserWarning, match="'cuda-graph' needs CUDA; falling back to the eager step"):
+        cpu = Precision.for_device("auto", torch.device("cpu"))
+        step = make_train_step(model, optimizer, cpu, "cuda-graph", batch)
+    assert step.mode == "eager"
+    before = model[1].weight.detach().clone()
+    step(*batch)
+    assert not torch.equal(before, model[1].weight) and step.loss_sum.item() > 0
+
+
+
+def test_precision_decides_dtype_and_layout_in_one_place():
+    cpu = torch.device("cpu")
+    fp32 = Precision.for_device("auto", cpu)
+    assert (fp32.name, fp32.input_dtype, fp32.memory_format) == ("fp32", torch.float32, torch.contiguous_format)
+    bf16 = Precision.for_device("bf16", cpu)
+    assert (bf16.name, bf16.input_dtype, bf16.memory_format) == ("bf16", torch.bfloat16, torch.channels_last)
+    model = bf16.place_model(build_model("resnet20"))
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    batch, _ = prepare_epoch(images, torch.zeros(64, dtype=torch.int64), torch.Generator().manual_seed(0), bf16)
+    assert batch.dtype == torch.bfloat16 and batch.is_contiguous(memory_format=torch.channels_last)
+    assert Precision.for_device("auto", torch.device("cuda")).memory_format == torch.channels_last
+
+
+def _train_steps(precision: Precision, steps: int) -> list[float]:
+    """Per-step losses of ResNet-20 fitting one fixed batch of 64 random images."""
+    torch.manual_seed(0)
+    model = precision.place_model(build_model("resnet20"))
+    optimizer = SGD(model.parameters(), torch.tensor(0.05), momentum=0.9, weight_decay=0.0)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(64) % 10
+    batch, order = prepare_epoch(images, labels, torch.Generator().manual_seed(0), precision)
+    step = make_train_step(model, optimizer, precision, "auto", (batch, order))
+    losses = []
+    for _ in range(steps):
+        step.reset_metrics()
+        step(batch, order)
+        losses.append(step.loss_sum.item() / 64)
+    return losses
+
+
+def test_bf16_on_the_cpu_trains_and_its_loss_falls():
+    bf16 = _train_steps(Precision.for_device("bf16", torch.device("cpu")), steps=12)
+    fp32 = _train_steps(Precision.for_device("fp32", torch.device("cpu")), steps=12)
+    assert bf16[-1] < 0.5 * bf16[0] and fp32[-1] < 0.5 * fp32[0]
+    assert bf16 != fp32  # a different number format, not the fp32 path under another name
+    assert bf16[0] == pytest.approx(fp32[0], rel=0.05)  # the same network from the same start
+
+
+def test_layer_statistics_reports_every_stage_and_every_3x3_response():
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    images, labels = torch.randn(32, 3, 32, 32), torch.arange(32) % 10
+    statistics = layer_statistics(model, images, labels)
+    assert sorted(k for k in statistics if k.startswith("grad_norm_")) == [
+        "grad_norm_layer1", "grad_norm_layer2", "grad_norm_layer3"]
+    assert len([k for k in statistics if k.startswith("response_std_")]) == 18  # 9 blocks x two 3x3 layers
+    assert all(value > 0 for value in statistics.values())
+    assert model.training and all(p.grad is None for p in model.parameters())  # the step's state is untouched

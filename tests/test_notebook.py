@@ -1,0 +1,50 @@
+"""The training notebook's driver: its parameter cell is TrainConfig's defaults, and configure()
+turns the names a papermill run defined into a config, rejecting the mistyped ones."""
+
+import json
+import types
+
+import pytest
+from conftest import ROOT
+
+from resnet.config import ConfigError, TrainConfig
+from resnet.notebook import RUNNER_OPTIONS, configure
+
+
+def _parameter_cell_namespace() -> dict:
+    notebook = json.loads((ROOT / "notebooks" / "train.ipynb").read_text())
+    cells = [c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, "the notebook must have exactly one cell tagged 'parameters'"
+    namespace: dict = {}
+    exec("".join(cells[0]["source"]), namespace)
+    namespace.pop("__builtins__")
+    return namespace
+
+
+def test_the_parameter_cell_states_every_trainconfig_default_and_nothing_else():
+    namespace = _parameter_cell_namespace()
+    defaults = TrainConfig.__dataclass_fields__
+    assert set(namespace) == set(defaults) | set(RUNNER_OPTIONS)
+    for name, field in defaults.items():
+        value = namespace[name]
+        if name == "milestones":  # a list in the notebook, a tuple in the frozen config
+            assert tuple(value) == field.default, name
+        else:
+            assert value == field.default and type(value) is type(field.default), name
+
+
+def test_configure_builds_the_config_from_the_names_defined_after_the_baseline():
+    baseline = {"driver", "_names_before_parameters"}
+    namespace = {"driver": types.ModuleType("driver"), "_names_before_parameters": baseline,
+                 "model": "plain20", "epochs": 2, "schedule": "cosine", "precision": "bf16",
+                 "tracking_uri": "sqlite:///x.db", "progress": False, "_private": 1, "helper": print}
+    config, options = configure(namespace, baseline)
+    assert config == TrainConfig(model="plain20", epochs=2, schedule="cosine", precision="bf16")
+    assert options == {"tracking_uri": "sqlite:///x.db", "progress": False}
+
+
+def test_configure_rejects_a_mistyped_parameter_before_any_work():
+    with pytest.raises(ConfigError, match="bad notebook parameter: unknown parameter 'epoch' \\(did you mean 'epochs"):
+        configure({"model": "plain20", "epoch": 2}, set())
+    with pytest.raises(ConfigError, match="bad notebook parameter: precision: unknown precision 'half'"):
+        configure({"precision": "half"}, set())
