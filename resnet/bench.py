@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from . import paper
 from .config import PRECISIONS
 from .data import MEAN, STD, load_cifar10
-from .engine import SGD, Precision, make_train_step, prepare_epoch, resolve_device
+from .engine import SGD, Normalisation, Precision, StepMetrics, make_train_step, prepare_epoch, resolve_device
 from .models import build_model, count_multiply_adds, list_models
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets, by device-name fragment.
@@ -131,25 +131,27 @@ def project_loop(
     resident = images.to(device)
     resident_labels = labels.to(device)
     per_epoch = len(resident_labels) // batch_size
-    epoch_images, epoch_labels = prepare_epoch(resident, resident_labels, generator, precision)
+    normalise = Normalisation.for_images("per-pixel", resident)  # the paper's, as train() runs by default
+    epoch_images, epoch_labels = prepare_epoch(resident, resident_labels, generator, precision, normalise)
 
     def batch(index: int):
         position = (index % per_epoch) * batch_size
         return epoch_images[position : position + batch_size], epoch_labels[position : position + batch_size]
 
-    step = make_train_step(model, optimizer, precision, step_mode, batch(0))
+    record = StepMetrics(device, window=1)
+    step = make_train_step(model, optimizer, precision, record, step_mode, batch(0))
     for index in range(untimed_steps):
         step(*batch(index))
-    step.reset_metrics()
+    record.reset_epoch()
     _sync(device)
     started = time.perf_counter()
     for index in range(untimed_steps, untimed_steps + steps):
         if index % per_epoch == 0 and index > 0:
-            epoch_images, epoch_labels = prepare_epoch(resident, resident_labels, generator, precision)
+            epoch_images, epoch_labels = prepare_epoch(resident, resident_labels, generator, precision, normalise)
         step(*batch(index))
     _sync(device)
     seconds = time.perf_counter() - started
-    return steps * batch_size / seconds, step.mode, step.loss_sum.item() / (steps * batch_size)
+    return steps * batch_size / seconds, step.mode, record.loss_sum.item() / (steps * batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:

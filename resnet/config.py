@@ -17,9 +17,10 @@ from typing import Any
 from . import paper
 from .models import architecture, check_stem, resolve_shortcut
 
-SCHEDULES = ("paper", "multistep", "cosine")
+SCHEDULES = ("paper", "paper-compressed", "multistep", "cosine")
 STEP_MODES = ("auto", "eager", "cuda-graph")
 PRECISIONS = ("auto", "bf16", "fp32")
+NORMALISATIONS = ("per-pixel", "per-channel")
 # Not part of the experiment's identity: where, how fast, and under which name it runs.
 NOT_IDENTITY = ("device", "step_mode", "study", "run_name", "cell")
 
@@ -35,7 +36,9 @@ class TrainConfig:
     model: str = "resnet20"
     shortcut: str | None = None  # "A" | "B" | "C" | None (the paper's default for the model)
     stem: str = "cifar"
-    schedule: str = "paper"  # paper: /10 at 50% and 75% of training | multistep | cosine
+    # paper: lr/10 at 32k and 48k iterations; a shorter run is the paper's run stopped early |
+    # paper-compressed: lr/10 at 50% and 75% of the run | multistep | cosine
+    schedule: str = "paper"
     iterations: int | None = None  # SGD steps in all (paper: 64,000); or give epochs
     epochs: int | None = None
     milestones: tuple[int, ...] = ()  # multistep: epochs at which the learning rate is divided by 10
@@ -52,7 +55,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     step_mode: str = "auto"  # auto (CUDA graph on CUDA, eager on CPU) | eager | cuda-graph
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on the CPU) | bf16 | fp32
-    diagnostics: bool = False  # per-stage gradient norms and 3x3 response std (Figure 7)
+    normalisation: str = "per-pixel"  # per-pixel: the paper's mean image | per-channel: official mean and std
+    diagnostics: bool = False  # per-stage gradient norms, 3x3 response and stage output std (Figure 7)
     study: str = "adhoc"  # MLflow experiment
     run_name: str = ""  # defaults to model[-shortcut]-s<seed>
     cell: str = ""  # grid cell name within a study
@@ -86,9 +90,10 @@ class TrainConfig:
         one_of("schedule", SCHEDULES, "schedule")
         one_of("step_mode", STEP_MODES, "step mode")
         one_of("precision", PRECISIONS, "precision")
+        one_of("normalisation", NORMALISATIONS, "normalisation")
         if self.iterations is not None and self.epochs is not None:
             fail("epochs", "give either iterations or epochs, not both")
-        if self.schedule != "paper" and self.iterations is None and self.epochs is None:
+        if self.schedule not in ("paper", "paper-compressed") and self.iterations is None and self.epochs is None:
             fail("epochs", f"the {self.schedule} schedule needs epochs (or iterations)")
         for key in ("iterations", "epochs", "train_subset", "test_subset"):
             value = getattr(self, key)
@@ -151,19 +156,30 @@ class TrainConfig:
 
         The precision must be resolved first (:meth:`resolved_for`): a bf16 run and an fp32 run of
         the same network are different experiments."""
-        if self.precision == "auto":
-            raise ConfigError("precision: resolve 'auto' for a device (TrainConfig.resolved_for) before fingerprinting")
-        identity = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
-        return _hash(identity)
+        return _hash(self._identity())
 
-    def legacy_fingerprint(self) -> str | None:
-        """The fingerprint that runs recorded before precision was a setting carry, if such a run can be
-        this experiment: they ran bf16 on CUDA and fp32 on the CPU, and their identity had no precision
-        key. The caller checks the run's device against the precision."""
+    def legacy_fingerprints(self) -> dict[str, bool]:
+        """The fingerprints earlier versions gave this same experiment, each with whether its runs
+        predate the precision setting (they ran bf16 on CUDA and fp32 on the CPU: the caller checks the
+        run's device).
+
+        Before normalisation was a setting every run was per-channel, and the schedule then called
+        ``paper`` compressed the drops into the run's length: it is today's ``paper-compressed``. No
+        earlier run can be today's ``paper``, stopped early."""
+        if self.normalisation != "per-channel" or self.schedule == "paper":
+            return {}
+        identity = self._identity()
+        del identity["normalisation"]
+        if identity["schedule"] == "paper-compressed":
+            identity["schedule"] = "paper"
+        with_precision = _hash(identity)
+        del identity["precision"]
+        return {_hash(identity): True, with_precision: False}
+
+    def _identity(self) -> dict[str, Any]:
         if self.precision == "auto":
             raise ConfigError("precision: resolve 'auto' for a device (TrainConfig.resolved_for) before fingerprinting")
-        identity = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY + ("precision",)}
-        return _hash(identity)
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
 
 
 def resolve_precision(precision: str, device_type: str) -> str:

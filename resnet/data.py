@@ -39,7 +39,7 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz")
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: descriptions name files by SHA-256, not by path
 _SYNTHETIC_DEFAULT_SIZE = 1280
 
 
@@ -88,6 +88,8 @@ def load_cifar10(source: str | os.PathLike, *, cache_dir: str | os.PathLike | No
             cache_file.unlink(missing_ok=True)
     data = _decode(path)
     _validate(data)
+    # Named by what it is, not where it lay on the machine that decoded it.
+    data = replace(data, description=data.description.replace(str(path), _identify(path)))
     buffer = io.BytesIO()
     torch.save({**_tensors(data), "provenance": data.provenance, "description": data.description}, buffer)
     atomic_write_bytes(cache_file, buffer.getvalue())
@@ -188,6 +190,17 @@ def _decode(path: Path) -> Cifar10:
     raise DataError(
         f"{path} is a file but not an archive; legal archive suffixes: {', '.join(ARCHIVE_SUFFIXES)}"
     )
+
+
+def _identify(path: Path) -> str:
+    """A file by its name and SHA-256; a folder by its name."""
+    if path.is_dir():
+        return f"{path.name}/"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"{path.name} (sha256 {digest.hexdigest()})"
 
 
 _BATCH_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")

@@ -12,6 +12,7 @@ runs in fp32, channels_last on CUDA and in the default contiguous layout on the 
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -114,11 +115,42 @@ class SGD:
 # --------------------------------------------------------------------------------------------
 # Input on the device
 # --------------------------------------------------------------------------------------------
-def normalise(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 -> per-channel standardised ``dtype``."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1) * 255
-    return ((images.float() - mean) / std).to(dtype)
+@dataclass(frozen=True)
+class Normalisation:
+    """What is subtracted from and divided into every input pixel (uint8 scale).
+
+    ``per-pixel`` is the paper's choice (section 4.2: "the per-pixel mean subtracted"): the mean
+    image of the training images the run uses. The paper does not divide; we divide by one number,
+    the std of those images about their mean image, so that the input scale matches that of
+    ``per-channel`` (the official per-channel mean and std, the source document's choice).
+    """
+
+    kind: str
+    mean: torch.Tensor  # broadcastable to N x 3 x 32 x 32
+    std: torch.Tensor
+
+    @classmethod
+    def for_images(cls, kind: str, train_images: torch.Tensor, chunk: int = 10_000) -> Normalisation:
+        device = train_images.device
+        if kind == "per-channel":
+            return cls(kind, torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255,
+                       torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255)
+        if kind != "per-pixel":
+            raise ConfigError(f"normalisation: unknown normalisation {kind!r}; legal values: per-pixel, per-channel")
+        total = torch.zeros(train_images.shape[1:], dtype=torch.float64, device=device)
+        squares = torch.zeros_like(total)
+        for start in range(0, len(train_images), chunk):  # float64 sums in chunks: 50k images fit anywhere
+            part = train_images[start:start + chunk].double()
+            total += part.sum(dim=0)
+            squares += part.square().sum(dim=0)
+        count = len(train_images)
+        mean_image = total / count
+        variance = (squares / count - mean_image.square()).mean()  # about the mean image, over all pixels
+        return cls(kind, mean_image.float().unsqueeze(0), variance.sqrt().float())
+
+    def __call__(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """uint8 -> standardised ``dtype``."""
+        return ((images.float() - self.mean) / self.std).to(dtype)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, chunk: int = 10_000) -> torch.Tensor:
@@ -147,8 +179,8 @@ def augment(images: torch.Tensor, generator: torch.Generator, chunk: int = 10_00
     return out
 
 
-def prepare_epoch(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
-                  precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare_epoch(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, precision: Precision,
+                  normalise: Normalisation) -> tuple[torch.Tensor, torch.Tensor]:
     """One epoch of training input, on the images' device: shuffled, augmented, normalised, in
     the step's dtype and layout. Batches are then slices of it (no per-step preparation)."""
     order = torch.randperm(len(labels), generator=generator, device=images.device)
@@ -159,17 +191,53 @@ def prepare_epoch(images: torch.Tensor, labels: torch.Tensor, generator: torch.G
 # --------------------------------------------------------------------------------------------
 # The training step: eager, or captured in a CUDA graph
 # --------------------------------------------------------------------------------------------
-class TrainStep:
-    """Forward, loss, backward and SGD for one batch, adding its summed loss and error count to
-    on-device accumulators (no host sync)."""
+class StepMetrics:
+    """What the training step records, in device tensors it adds to without a host sync:
 
-    def __init__(self, model: nn.Module, optimizer: SGD, precision: Precision):
+    * the epoch's summed loss, error count and largest single-step loss (the early instability of
+      option A shows there: a step loss above ln 10 is worse than guessing);
+    * the error counts of the last ``window`` steps, whatever the epoch boundaries: the final
+      training error is their mean (64,000 iterations end in a 40-step partial epoch).
+    """
+
+    def __init__(self, device: torch.device, window: int):
+        self.loss_sum = torch.zeros((), device=device)
+        self.error_count = torch.zeros((), device=device, dtype=torch.int64)
+        self.loss_max = torch.zeros((), device=device)
+        self.window_errors = torch.zeros(window, device=device, dtype=torch.int64)
+        self.window_position = torch.zeros(1, device=device, dtype=torch.int64)
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        loss = loss.detach().float()
+        errors = (logits.argmax(dim=1) != labels).sum()
+        self.loss_sum.add_(loss * labels.shape[0])
+        self.error_count.add_(errors)
+        torch.maximum(self.loss_max, loss, out=self.loss_max)
+        self.window_errors.index_copy_(0, self.window_position, errors.view(1))
+        self.window_position.add_(1).remainder_(self.window_errors.numel())
+
+    def reset_epoch(self) -> None:
+        self.loss_sum.zero_()
+        self.error_count.zero_()
+        self.loss_max.zero_()
+
+    def window_tensors(self) -> list[torch.Tensor]:
+        return [self.window_errors, self.window_position]
+
+    def final_error(self, steps_done: int, batch_size: int) -> float:
+        """Training error (%) over the last ``window`` steps (all of them, if fewer were run)."""
+        steps = min(steps_done, self.window_errors.numel())
+        return 100.0 * self.window_errors.sum().item() / (steps * batch_size)
+
+
+class TrainStep:
+    """Forward, loss, backward and SGD for one batch, recording into ``metrics`` (no host sync)."""
+
+    def __init__(self, model: nn.Module, optimizer: SGD, precision: Precision, metrics: StepMetrics):
         self.model = model
         self.optimizer = optimizer
         self.precision = precision
-        device = precision.device
-        self.loss_sum = torch.zeros((), device=device)
-        self.error_count = torch.zeros((), device=device, dtype=torch.int64)
+        self.metrics = metrics
         self.mode = "eager"
 
     def _forward_backward_update(self, images: torch.Tensor, labels: torch.Tensor, cache_enabled: bool = True) -> None:
@@ -178,32 +246,27 @@ class TrainStep:
             loss = F.cross_entropy(logits, labels)
         loss.backward()
         self.optimizer.step()
-        self.loss_sum += loss.detach().float() * labels.shape[0]
-        self.error_count += (logits.argmax(dim=1) != labels).sum()
+        self.metrics.add(loss, logits, labels)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.optimizer.zero_grad()
         self._forward_backward_update(images, labels)
-
-    def reset_metrics(self) -> None:
-        self.loss_sum.zero_()
-        self.error_count.zero_()
 
 
 class GraphedTrainStep(TrainStep):
     """The same step captured once in a CUDA graph and replayed: one launch per step instead of
     hundreds, which is what keeps a large GPU busy at the paper's batch of 128."""
 
-    def __init__(self, model: nn.Module, optimizer: SGD, precision: Precision, first_batch):
-        super().__init__(model, optimizer, precision)
+    def __init__(self, model: nn.Module, optimizer: SGD, precision: Precision, metrics: StepMetrics, first_batch):
+        super().__init__(model, optimizer, precision, metrics)
         device = precision.device
         self.static_images = precision.layout(torch.empty_like(first_batch[0]))
         self.static_labels = torch.empty_like(first_batch[1])
         self.static_images.copy_(first_batch[0])
         self.static_labels.copy_(first_batch[1])
-        # Priming steps (cuDNN autotuning, allocator) change weights, BN statistics and momentum:
-        # snapshot them and restore afterwards so the curve equals the eager one.
-        state = [t for t in model.state_dict().values()] + optimizer.momentum_buffers
+        # Priming steps (cuDNN autotuning, allocator) change weights, BN statistics, momentum and the
+        # recorded steps: snapshot them and restore afterwards so the curve equals the eager one.
+        state = [t for t in model.state_dict().values()] + optimizer.momentum_buffers + metrics.window_tensors()
         snapshot = [t.clone() for t in state]
         side_stream = torch.cuda.Stream(device)
         side_stream.wait_stream(torch.cuda.current_stream(device))
@@ -219,7 +282,7 @@ class GraphedTrainStep(TrainStep):
         with torch.no_grad():
             for tensor, saved in zip(state, snapshot):
                 tensor.copy_(saved)
-        self.reset_metrics()
+        metrics.reset_epoch()
         self.mode = "cuda-graph"
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -230,7 +293,8 @@ class GraphedTrainStep(TrainStep):
         self.graph.replay()
 
 
-def make_train_step(model: nn.Module, optimizer: SGD, precision: Precision, step_mode: str, first_batch) -> TrainStep:
+def make_train_step(model: nn.Module, optimizer: SGD, precision: Precision, metrics: StepMetrics, step_mode: str,
+                    first_batch) -> TrainStep:
     """The CUDA graph where it can run; the eager step elsewhere, or if capture fails."""
     on_cuda = precision.device.type == "cuda"
     wants_graph = step_mode == "cuda-graph" or (step_mode == "auto" and on_cuda)
@@ -239,18 +303,19 @@ def make_train_step(model: nn.Module, optimizer: SGD, precision: Precision, step
         wants_graph = False
     if wants_graph:
         try:
-            return GraphedTrainStep(model, optimizer, precision, first_batch)
+            return GraphedTrainStep(model, optimizer, precision, metrics, first_batch)
         except Exception as error:  # keep training: a slow run beats no run
             warnings.warn(f"CUDA graph capture failed ({error}); falling back to the eager step")
             optimizer.zero_grad()
-    return TrainStep(model, optimizer, precision)
+    return TrainStep(model, optimizer, precision, metrics)
 
 
 # --------------------------------------------------------------------------------------------
 # Evaluation and the Figure 7 layer statistics
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, precision: Precision) -> tuple[float, float]:
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, precision: Precision,
+             normalise: Normalisation) -> tuple[float, float]:
     """Test loss and error (%) in eval mode; one host sync at the end."""
     model.eval()
     loss_sum = torch.zeros((), device=precision.device)
@@ -264,6 +329,25 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, preci
         errors += (logits.argmax(dim=1) != target).sum()
     model.train()
     return loss_sum.item() / len(labels), 100.0 * errors.item() / len(labels)
+
+
+def stage_output_stds(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """The std of each stage's output (the residual stream), BN in train mode on ``images``.
+
+    Train mode, because at initialisation the running statistics are meaningless; on a copy, so
+    that the run's BN statistics are untouched. With identity shortcuts and no normalisation on the
+    shortcut path (option A) the stream grows with depth; projections (B, C) hold it down.
+    """
+    probe = copy.deepcopy(model).train()
+    stds: dict[str, torch.Tensor] = {}
+    hooks = [getattr(probe, stage).register_forward_hook(
+        lambda m, i, o, stage=stage: stds.__setitem__(stage, o.detach().float().std()))
+        for stage in getattr(probe, "stage_names", [])]
+    with torch.no_grad():
+        probe(images)
+    for hook in hooks:
+        hook.remove()
+    return dict(zip(stds, torch.stack(list(stds.values())).tolist()))  # one host sync
 
 
 def layer_statistics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

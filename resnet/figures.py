@@ -4,6 +4,7 @@ the page (inline), SVG beside it for print."""
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -26,7 +27,8 @@ class Figure:
 
 def curves_figure(frame: pd.DataFrame, panels: list[tuple[str, list[tuple[str, str]]]], name: str,
                   caption: str) -> Figure:
-    """One panel per ``(title, networks)``: mean curves over seeds with a min-max band."""
+    """One panel per ``(title, networks)``: mean curves over seeds with a min-max band, against
+    iterations as the paper plots them."""
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), sharey=True, squeeze=False)
     for axis, (title, networks) in zip(axes[0], panels):
@@ -36,18 +38,55 @@ def curves_figure(frame: pd.DataFrame, panels: list[tuple[str, list[tuple[str, s
     return _render(figure, name, caption)
 
 
+def figure7(frame: pd.DataFrame, networks: list[tuple[str, str]], name: str, caption: str) -> Figure | None:
+    """The paper's Figure 7: the std of each 3x3 layer's response (after BN, before the addition and
+    ReLU) at the end of training, by layer (left) and sorted by magnitude (right); mean over seeds.
+    None when no run has the statistics (diagnostics off)."""
+    columns = sorted((c for c in frame.columns if c.startswith("response_std_")), key=_layer_order)
+    drawn = []
+    for model, shortcut in networks:
+        runs = network_rows(frame, model, shortcut).drop_duplicates("run_id")
+        values = runs[columns].mean().dropna() if columns else pd.Series(dtype=float)
+        if not values.empty:
+            drawn.append((label(model, shortcut), values.to_numpy()))
+    if not drawn:
+        return None
+    plt = _pyplot()
+    figure, (by_layer, by_size) = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for colour, (network, values) in zip(PANEL_COLOURS, drawn):
+        layers = range(1, len(values) + 1)
+        by_layer.plot(layers, values, color=colour, linewidth=1.2, label=network)
+        by_size.plot(layers, sorted(values, reverse=True), color=colour, linewidth=1.2, label=network)
+    largest, smallest = max(v.max() for _, v in drawn), min(v.min() for _, v in drawn)
+    if smallest > 0 and largest / smallest > 100:  # a blown-up response would flatten the others
+        by_layer.set_yscale("log")
+    by_layer.set_xlabel("layer index (3x3 layers in order)")
+    by_size.set_xlabel("layer index (sorted by magnitude)")
+    by_layer.set_ylabel("std of the response")
+    for axis in (by_layer, by_size):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    return _render(figure, name, caption)
+
+
+def _layer_order(column: str) -> tuple:
+    """``response_std_layer2.10.bn1`` after ``...layer2.9.bn2``: numbers compared as numbers."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", column))
+
+
 def _curve_panel(axis, frame: pd.DataFrame, networks: list[tuple[str, str]], title: str) -> list[str]:
     """Mean curves over seeds with a min-max band; thin = train error, bold = test error."""
     gaps = []
     for colour, (model, shortcut) in zip(PANEL_COLOURS, networks):
-        rows = network_rows(frame, model, shortcut).dropna(subset=["epoch"])
+        rows = network_rows(frame, model, shortcut).dropna(subset=["step"])
         name = label(model, shortcut)
         if rows.empty:
             gaps.append(name)
             continue
         seeds = rows["seed"].nunique()
-        grouped = rows.groupby("epoch")
         for metric, width in LINE_WIDTHS.items():
+            grouped = rows.dropna(subset=[metric]).groupby("step")  # the test set may be evaluated less often
             mean = grouped[metric].mean()
             kind = "train" if metric == "train_error" else "test"
             count = f" ({seeds} seeds)" if metric == "test_error" and seeds > 1 else ""
@@ -56,7 +95,7 @@ def _curve_panel(axis, frame: pd.DataFrame, networks: list[tuple[str, str]], tit
                 axis.fill_between(mean.index, grouped[metric].min().values, grouped[metric].max().values,
                                   color=colour, alpha=0.15, linewidth=0)
     axis.set_title(title + (f"  [missing: {', '.join(gaps)}]" if gaps else ""), fontsize=10)
-    axis.set_xlabel("epoch")
+    axis.set_xlabel("iterations")
     axis.grid(alpha=0.3)
     if axis.lines:
         axis.legend(fontsize=8)

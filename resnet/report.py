@@ -1,12 +1,9 @@
 """The report: ``reports/degradation.html``, built from finished runs in MLflow (no training).
 
-1. The headline figure, laid out as the paper's Figure 4: training error (thin) and test error
-   (bold) against epoch; plain-18 vs plain-34, and ResNet-18 vs ResNet-34 (option B).
-2. The verdicts, computed from the data: does plain-34 train worse than plain-18, and does
-   ResNet-34 train at least as well as ResNet-18?
-3. Shortcut options A/B/C next to the paper's Table 3.
-4. The paper's CIFAR experiment (Figure 6, Table 6) when the ``cifar-depth`` study has runs.
-5. Provenance of every number.
+With degradation-study runs the page leads with the paper's Figure 4 on CIFAR-10 (plain-18/34 and
+ResNet-18/34 with option A, against iterations), then the verdicts, options B and C, the early
+instability of option A, the paper's Figure 7, and provenance. With only cifar-depth runs it leads
+with the paper's Figure 6 and its verdicts.
 
 The numbers come from ``results.py`` (MLflow or ``--from-csv``), the verdicts from ``statistics.py``,
 the figures from ``figures.py``; the page's words and layout live in ``templates/report.html.j2``.
@@ -17,6 +14,8 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as _dt
+import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,22 +25,34 @@ import pandas as pd
 from markupsafe import Markup
 
 from . import paper, tracking
-from .figures import Figure, curves_figure
+from .figures import Figure, curves_figure, figure7
 from .paths import project_root
 from .results import (
     CIFAR_DEPTH_NETWORKS,
     DEGRADATION_NETWORKS,
     best_runs,
     collect_runs,
+    final_training_errors,
     final_values,
     label,
     network_rows,
     read_csv,
+    uses_last_epoch,
     write_csv,
 )
-from .statistics import Verdict, compare_depths, summarise
+from .statistics import CONFIDENCE, Verdict, judge, summarise, t_multiplier
 
 DEFAULT_UI = "http://127.0.0.1:5000"
+GUESSING_LOSS = math.log(10)  # cross-entropy of a uniform guess among ten classes: ln 10 = 2.30
+PLAIN, A, B = "none", "A", "B"
+# The paper's three claims on the degradation study (section 4.1), each (reference, subject, claim, note).
+DEGRADATION_CLAIMS = {
+    "degradation": (("plain18", PLAIN), ("plain34", PLAIN), "worse", "the degradation problem"),
+    "shortcuts-A": (("plain34", PLAIN), ("resnet34", A), "better", "option A, the paper's Figure 4 and Table 2"),
+    "depth-A": (("resnet18", A), ("resnet34", A), "better", "option A, the paper's Figure 4 and Table 2"),
+    "shortcuts-B": (("plain34", PLAIN), ("resnet34", B), "better", "option B"),
+    "depth-B": (("resnet18", B), ("resnet34", B), "better", "option B"),
+}
 
 
 class ReportError(RuntimeError):
@@ -58,44 +69,63 @@ class Report:
 def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = None,
                  ui_base: str = DEFAULT_UI) -> Report:
     """The whole report from per-epoch tables (see :func:`resnet.results.collect_runs`)."""
-    if degradation.empty and (cifar_depth is None or cifar_depth.empty):
+    cifar_depth = cifar_depth if cifar_depth is not None else degradation.iloc[0:0]
+    if degradation.empty and cifar_depth.empty:
         raise ReportError("no runs to report: run a study first (make reproduce), "
                           "or point --tracking-uri at a store that has them")
-    degradation = best_runs(degradation)
+    degradation, cifar_depth = best_runs(degradation), best_runs(cifar_depth)
     figures: list[Figure] = []
     verdicts: dict[str, Verdict] = {}
-    context: dict[str, Any] = {"smoke": "smoke" in set(degradation["study"]), "degradation": None, "cifar_depth": None}
+    context: dict[str, Any] = {"smoke": "smoke" in set(degradation["study"]), "degradation": None,
+                               "cifar_depth": None, "guessing_loss": GUESSING_LOSS,
+                               "confidence": f"{CONFIDENCE:.0%}", "t_widths": {n: t_multiplier(n) for n in (2, 3)}}
     if not degradation.empty:
-        headline = curves_figure(
-            degradation, [("plain-18 vs plain-34", [("plain18", "none"), ("plain34", "none")]),
-                          ("ResNet-18 vs ResNet-34 (option B)", [("resnet18", "B"), ("resnet34", "B")])],
-            "degradation-curves",
-            "Training error (thin) and test error (bold) against epoch; mean over seeds, band = min to max. "
-            "Training error is the epoch average over augmented batches in train mode, as in the paper.")
-        verdicts["degradation"] = compare_depths(degradation, ("plain18", "none"), ("plain34", "none"), "worse")
-        verdicts["shortcuts"] = compare_depths(degradation, ("plain34", "none"), ("resnet34", "B"), "better")
-        verdicts["residual"] = compare_depths(degradation, ("resnet18", "B"), ("resnet34", "B"), "as well")
+        paper_figure = curves_figure(
+            degradation, [("plain-18 vs plain-34", [("plain18", PLAIN), ("plain34", PLAIN)]),
+                          ("ResNet-18 vs ResNet-34 (option A)", [("resnet18", A), ("resnet34", A)])],
+            "figure4", "The paper's Figure 4 on CIFAR-10: training error (thin) and test error (bold) against "
+            f"iterations; mean over seeds, band = min to max. {_length(degradation)['short']}")
         options = curves_figure(
-            degradation, [("18 layers: A, B, C", [("resnet18", s) for s in "ABC"] + [("plain18", "none")]),
-                          ("34 layers: A, B, C", [("resnet34", s) for s in "ABC"] + [("plain34", "none")])],
-            "shortcut-options", "Every shortcut option against the plain net of the same depth.")
-        figures += [headline, options]
+            degradation, [(f"{depth} layers: A, B, C",
+                           [(f"resnet{depth}", s) for s in "ABC"] + [(f"plain{depth}", PLAIN)]) for depth in (18, 34)],
+            "shortcut-options", "Every shortcut option against the plain net of the same depth "
+            "(training error thin, test error bold).")
+        for key, (reference, subject, claim, note) in DEGRADATION_CLAIMS.items():
+            verdicts[key] = judge(degradation, reference, subject, claim, note)
+        responses = figure7(degradation, [("plain18", PLAIN), ("plain34", PLAIN), ("resnet18", A), ("resnet34", A)],
+                            "figure7", "The paper's Figure 7: std of each 3x3 layer's response (after BN, before "
+                            "the addition and ReLU) at the end of training, on a fixed batch of 256 test images.")
+        figures += [f for f in (paper_figure, options, responses) if f is not None]
         context["degradation"] = {
-            "headline": headline, "options_figure": options, "options_table": _options_table(degradation),
-            "verdicts": [{"kind": _kind(v), "sentence": v.sentence} for v in verdicts.values()],
-            "length": _length(degradation), "gaps": _gaps(degradation, DEGRADATION_NETWORKS),
+            "figure": paper_figure, "options_figure": options, "options_table": _options_table(degradation),
+            "verdicts": [_verdict_view(v) for v in verdicts.values()], "length": _length(degradation),
+            "last_epoch": uses_last_epoch(degradation), "gaps": _gaps(degradation, DEGRADATION_NETWORKS),
+            "instability": _instability_table(degradation, DEGRADATION_NETWORKS),
+            "figure7": responses, "streams": _stream_table(degradation, DEGRADATION_NETWORKS),
         }
-    if cifar_depth is not None and not cifar_depth.empty:
-        cifar_depth = best_runs(cifar_depth)
+    if not cifar_depth.empty:
         depth_figure = curves_figure(
             cifar_depth, [("plain-20/32/44/56", CIFAR_DEPTH_NETWORKS[:4]),
                           ("ResNet-20/32/44/56/110 (option A)", CIFAR_DEPTH_NETWORKS[4:])],
-            "cifar-depth-curves", "Training error (thin) and test error (bold), as the paper's Figure 6.")
-        figures.append(depth_figure)
-        context["cifar_depth"] = {"figure": depth_figure, "table": _depth_table(cifar_depth),
-                                  "gaps": _gaps(cifar_depth, CIFAR_DEPTH_NETWORKS)}
-    combined = pd.concat([f for f in (degradation, cifar_depth) if f is not None and not f.empty])
-    context["provenance"] = _provenance(combined, ui_base)
+            "figure6", "The paper's Figure 6: training error (thin) and test error (bold) against iterations; "
+            f"mean over seeds, band = min to max. {_length(cifar_depth)['short']}")
+        depth_verdicts = {f"cifar-{key}": judge(cifar_depth, *claim)
+                          for key, claim in _depth_claims(cifar_depth).items()}
+        verdicts.update(depth_verdicts)
+        responses = figure7(cifar_depth, [n for n in CIFAR_DEPTH_NETWORKS if n[0] in ("plain20", "plain56", "resnet20",
+                                                                                     "resnet56", "resnet110")],
+                            "figure7-cifar", "The paper's Figure 7 (CIFAR-10 family): std of each 3x3 layer's response "
+                            "at the end of training, on a fixed batch of 256 test images.")
+        figures += [f for f in (depth_figure, responses) if f is not None]
+        context["cifar_depth"] = {
+            "figure": depth_figure, "table": _depth_table(cifar_depth), "length": _length(cifar_depth),
+            "verdicts": [_verdict_view(v) for v in depth_verdicts.values()], "last_epoch": uses_last_epoch(cifar_depth),
+            "gaps": _gaps(cifar_depth, CIFAR_DEPTH_NETWORKS), "figure7": responses,
+            "instability": _instability_table(cifar_depth, CIFAR_DEPTH_NETWORKS),
+            "streams": _stream_table(cifar_depth, CIFAR_DEPTH_NETWORKS),
+            "laptop": set(cifar_depth["profile"]) == {"laptop"},
+        }
+    context["provenance"] = _provenance(pd.concat([f for f in (degradation, cifar_depth) if not f.empty]), ui_base)
     return Report(_template().render(**context), figures, verdicts)
 
 
@@ -123,22 +153,36 @@ def _gap(text: str) -> Markup:
     return Markup('<span class="gap">{}</span>').format(text)
 
 
-def _kind(verdict: Verdict) -> str:
-    return {True: "yes", False: "no", None: "undecided"}[verdict.holds]
+def _verdict_view(verdict: Verdict) -> dict[str, str]:
+    return {"kind": {"Yes": "yes", "No": "no"}.get(verdict.answer, "undecided"), "sentence": verdict.sentence}
+
+
+def _depth_claims(frame: pd.DataFrame) -> dict[str, tuple]:
+    """The paper's Figure 6 claims on the depths these runs have: the deepest plain net against the
+    shallowest, and the residual net of that depth against both."""
+    plain = sorted(int(m[5:]) for m in set(frame["model"]) if m.startswith("plain"))
+    if len(plain) < 2:
+        return {}
+    shallow, deep = plain[0], plain[-1]
+    claims = {"degradation": ((f"plain{shallow}", PLAIN), (f"plain{deep}", PLAIN), "worse", "the degradation problem")}
+    if not network_rows(frame, f"resnet{deep}", A).empty:
+        claims["shortcuts"] = ((f"plain{deep}", PLAIN), (f"resnet{deep}", A), "better", "option A")
+        claims["depth"] = ((f"resnet{shallow}", A), (f"resnet{deep}", A), "better", "option A")
+    return claims
 
 
 def _options_table(frame: pd.DataFrame) -> dict[str, list]:
     rows = []
     for model, shortcut in DEGRADATION_NETWORKS:
-        train = summarise(final_values(frame, model, shortcut, "train_error"))
+        train = summarise(final_training_errors(frame, model, shortcut))
         test = summarise(final_values(frame, model, shortcut, "test_error"))
-        rows_of_network = network_rows(frame, model, shortcut)
+        runs = network_rows(frame, model, shortcut)
         reference = paper.IMAGENET_TOP1_ERROR.get((model, shortcut))
         reference_text = f"{reference[0]:.2f} ({reference[1]})" if reference else "—"
-        if rows_of_network.empty:
+        if runs.empty:
             rows.append([label(model, shortcut), _gap("not run"), "—", "—", "—", reference_text])
             continue
-        first = rows_of_network.iloc[0]
+        first = runs.iloc[0]
         rows.append([label(model, shortcut), str(train) if train.seeds else _gap("no finished run"), str(test),
                      f"{int(first['parameters']):,}", f"{int(first['multiply_adds']) / 1e6:,.0f} M", reference_text])
     return {"header": ["network", "final train error (%)", "final test error (%)", "parameters",
@@ -148,12 +192,54 @@ def _options_table(frame: pd.DataFrame) -> dict[str, list]:
 def _depth_table(frame: pd.DataFrame) -> dict[str, list]:
     rows = []
     for model, shortcut in CIFAR_DEPTH_NETWORKS:
+        train = summarise(final_training_errors(frame, model, shortcut))
         test = summarise(final_values(frame, model, shortcut, "test_error"))
-        train = summarise(final_values(frame, model, shortcut, "train_error"))
         reference = paper.CIFAR_TEST_ERROR.get(model)
-        rows.append([label(model, shortcut), str(train), str(test), f"{reference:.2f}" if reference else "—"])
-    return {"header": ["network", "final train error (%)", "final test error (%)", "paper: test error (%)"],
+        text = f"{reference:.2f}" if reference else "—"
+        if model == "resnet110":
+            mean, std = paper.CIFAR_RESNET110_MEAN_STD
+            text = f"{reference:.2f} (best of 5); mean {mean:.2f} ± {std:.2f}"
+        rows.append([label(model, shortcut), str(train), str(test), text])
+    return {"header": ["network", "final train error (%)", "final test error (%)", "paper: test error (%), Table 6"],
             "rows": rows}
+
+
+def _instability_table(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> dict[str, Any]:
+    """Per network, the first epoch's largest single-step training loss (or, for runs recorded
+    before it was logged, the first epoch's mean loss), and how many seeds exceeded ln 10."""
+    logged = "max_step_loss" in frame and frame["max_step_loss"].notna().any()
+    metric = "max_step_loss" if logged else "train_loss"
+    rows, above = [], []
+    for model, shortcut in networks:
+        first = network_rows(frame, model, shortcut)
+        first = first[first["epoch"] == 1].drop_duplicates("seed")[metric].dropna()
+        if first.empty:
+            continue
+        count = int((first > GUESSING_LOSS).sum())
+        if count:
+            above.append(label(model, shortcut))
+        rows.append([label(model, shortcut), str(summarise(first)), f"{first.max():.2f}",
+                     _gap(f"{count} of {len(first)}") if count else f"0 of {len(first)}"])
+    what = "largest single-step loss" if logged else "mean training loss (largest step loss not logged)"
+    return {"logged": logged, "above": above, "rows": rows,
+            "header": ["network", f"first epoch's {what}: mean ± std", "largest seed", "seeds above ln 10"]}
+
+
+def _stream_table(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> dict[str, Any] | None:
+    """The std of each stage's output (the residual stream) at initialisation and at the end, BN in
+    train mode, mean over seeds; None without diagnostics."""
+    stages = sorted({c.split("_")[-1] for c in frame.columns if c.startswith("stage_std_init_")})
+    if not stages:
+        return None
+    rows = []
+    for model, shortcut in networks:
+        runs = network_rows(frame, model, shortcut).drop_duplicates("run_id")
+        if runs.empty or runs[f"stage_std_init_{stages[-1]}"].isna().all():
+            continue
+        rows.append([label(model, shortcut)] + [f"{runs[f'stage_std_{when}_{stage}'].mean():.2f}"
+                                                for when in ("init", "final") for stage in stages])
+    header = ["network"] + [f"{stage} {when}" for when in ("at init", "at end") for stage in stages]
+    return {"header": header, "rows": rows} if rows else None
 
 
 def _provenance(frame: pd.DataFrame, ui_base: str) -> dict[str, Any]:
@@ -163,39 +249,43 @@ def _provenance(frame: pd.DataFrame, ui_base: str) -> dict[str, Any]:
         return separator.join(sorted({str(value) for value in runs[column]})) or "—"
 
     commits = {f"{c[:10]}{' (dirty)' if d == 'true' else ''}" for c, d in zip(runs["git_commit"], runs["git_dirty"])}
-    lengths = set()
-    for schedule, iterations, epochs, batch in zip(runs["schedule"], runs["iterations"], runs["epochs_planned"],
-                                                   runs["batch_size"]):
-        length = f"{int(iterations):,} iterations" if str(iterations) not in ("", "None") else f"{epochs} epochs"
-        lengths.add(f"{schedule} schedule, {length}, batch {batch}")
     rows = []
     for _, run in runs.iterrows():
         link = tracking.ui_run_url(ui_base, run["experiment_id"], run["run_id"])
         status = run["status"] if run["status"] == tracking.STATUS_FINISHED else _gap(run["status"])
         rows.append([str(run["cell"]), str(run["seed"]), status, str(run["failure_reason"] or ""),
                      Markup('<a href="{}"><code>{}</code></a>').format(link, run["run_id"])])
+    # A data source is named by its file (and SHA-256), never by where it lay on the machine that ran it.
+    data = sorted({re.sub(r"(?<![\w.-])/(?:[^\s/;()]+/)*", "", str(d)) for d in runs["data_description"]})
     return {
         "official": set(runs["data_provenance"]) <= {"official"},
         "built": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "studies": listed("study"), "profiles": listed("profile"), "commits": ", ".join(sorted(commits)),
-        "devices": listed("device"), "precisions": listed("precision"), "lengths": ", ".join(sorted(lengths)),
-        "seeds": ", ".join(map(str, sorted(set(runs["seed"])))), "data": listed("data_description", "; "),
+        "devices": listed("device"), "precisions": listed("precision"), "normalisations": listed("normalisation"),
+        "lengths": _length(frame)["long"], "seeds": ", ".join(map(str, sorted(set(runs["seed"])))),
+        "data": "; ".join(data) or "—",
         "runs": {"header": ["cell", "seed", "status", "note", "MLflow run (open with make ui)"], "rows": rows},
     }
 
 
 def _length(frame: pd.DataFrame) -> dict[str, Any]:
-    """How long these runs trained against the paper's 64k iterations: short runs answer a
-    narrower question (how fast each net starts to fit), and the report says so."""
-    last_epochs = frame.dropna(subset=["epoch"]).groupby("run_id")["epoch"].max()
-    epochs = int(last_epochs.max()) if not last_epochs.empty else 0
-    batch = pd.to_numeric(frame["batch_size"], errors="coerce").dropna()
-    iterations = pd.to_numeric(frame["iterations"], errors="coerce").dropna()
-    if not iterations.empty and int(iterations.max()) >= paper.ITERATIONS:
-        return {"full": True, "text": f"{int(iterations.max()):,} iterations"}
-    length = f"{int(iterations.max()):,} iterations" if not iterations.empty else f"{epochs} epochs"
-    batch_text = f", batch {int(batch.iloc[0])}" if not batch.empty else ""
-    return {"full": False, "text": f"{length} ({epochs} epochs{batch_text})"}
+    """How long these runs trained, against the paper's 64k iterations, and on which schedule."""
+    runs = frame.drop_duplicates("run_id")
+    steps = pd.to_numeric(frame["step"], errors="coerce").dropna()
+    iterations = int(steps.max()) if not steps.empty else 0
+    schedules = sorted(set(runs["schedule"]))
+    batch = ", ".join(sorted({str(b) for b in runs["batch_size"]}))
+    full = iterations >= paper.ITERATIONS
+    percent = 100 * iterations / paper.ITERATIONS
+    share = (f"{iterations:,} of the paper's {paper.ITERATIONS:,} iterations "
+             f"({f'{percent:.1f}%' if percent >= 0.1 else 'under 0.1%'})")
+    meaning = {"paper": "the paper's schedule stopped early: lr 0.1 until 32k, 0.01 until 48k, then 0.001",
+               "paper-compressed": "lr drops compressed to 50% and 75% of the run",
+               "multistep": "lr drops at chosen epochs", "cosine": "cosine learning rate"}
+    explained = "; ".join(f"{s}: {meaning.get(s, s)}" for s in schedules)
+    return {"full": full, "iterations": iterations, "schedules": schedules,
+            "short": "Full length." if full else f"Short run: {share}, batch {batch} ({explained}).",
+            "long": f"{share}, batch {batch}; schedule {explained}"}
 
 
 def _gaps(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> list[str]:

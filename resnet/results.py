@@ -1,22 +1,30 @@
 """Finished runs as one long table: a row per run and epoch, read from MLflow or from a CSV that an
 earlier report wrote, so that a committed CSV rebuilds the same report without the store.
+
+Run-level numbers (the final training error over the last 390 iterations, the Figure 7 layer and
+stage statistics) are columns too, repeated on every row of their run. Runs and CSVs recorded by
+earlier versions are read as what they ran (``tracking.recorded_settings``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from . import tracking
 
-METRICS = ("train_error", "test_error", "train_loss", "test_loss")
+# Per-epoch metrics read from each run's history.
+METRICS = ("train_error", "test_error", "train_loss", "test_loss", "step", "lr", "max_step_loss")
+# Run-level metrics, by name prefix: the final training error and the Figure 7 statistics.
+RUN_METRIC_PREFIXES = ("final_train_error", "response_std_", "stage_std_")
 RUN_COLUMNS = ["study", "profile", "run_id", "experiment_id", "cell", "model", "shortcut", "seed", "status",
                "failure_reason", "parameters", "multiply_adds", "schedule", "iterations", "epochs_planned",
-               "batch_size", "precision", "device", "data_provenance", "data_description", "git_commit", "git_dirty",
-               "start_time"]
+               "batch_size", "precision", "normalisation", "device", "data_provenance", "data_description",
+               "git_commit", "git_dirty", "start_time"]
 # The paper's grids, as (model, shortcut) pairs; "none" for plain nets.
 DEGRADATION_NETWORKS = [("plain18", "none"), ("plain34", "none"), ("resnet18", "A"), ("resnet18", "B"),
                         ("resnet18", "C"), ("resnet34", "A"), ("resnet34", "B"), ("resnet34", "C")]
@@ -49,6 +57,7 @@ def collect_runs(study: str, tracking_uri: str | None = None, profile: str | Non
         if profile is not None and run_profile != profile:
             continue
         base = _run_row(run, study, run_profile, experiment.experiment_id)
+        base.update({key: value for key, value in run.data.metrics.items() if key.startswith(RUN_METRIC_PREFIXES)})
         histories = {key: {m.step: m.value for m in mlflow_client.get_metric_history(run.info.run_id, key)}
                      for key in METRICS}
         epochs = sorted(set().union(*[set(h) for h in histories.values()]))
@@ -56,7 +65,12 @@ def collect_runs(study: str, tracking_uri: str | None = None, profile: str | Non
             rows.append({**base, "epoch": math.nan, **{key: math.nan for key in METRICS}})
         for epoch in epochs:
             rows.append({**base, "epoch": epoch, **{key: histories[key].get(epoch, math.nan) for key in METRICS}})
-    return pd.DataFrame(rows, columns=RUN_COLUMNS + ["epoch", *METRICS])
+    frame = pd.DataFrame(rows)
+    return frame.reindex(columns=RUN_COLUMNS + ["epoch", *METRICS] + _run_metric_columns(frame))
+
+
+def _run_metric_columns(frame: pd.DataFrame) -> list[str]:
+    return sorted(c for c in frame.columns if c.startswith(RUN_METRIC_PREFIXES))
 
 
 def _run_row(run, study: str, profile: str, experiment_id: str) -> dict:
@@ -72,11 +86,9 @@ def _run_row(run, study: str, profile: str, experiment_id: str) -> dict:
         "seed": int(tags.get(tracking.SEED_TAG, params.get("seed", 0))),
         "status": run.info.status, "failure_reason": tags.get(tracking.FAILURE_REASON_TAG, ""),
         "parameters": int(params.get("parameters", 0)), "multiply_adds": int(params.get("multiply_adds", 0)),
-        "schedule": params.get("schedule", ""), "iterations": params.get("iterations", ""),
-        "epochs_planned": params.get("epochs", ""), "batch_size": params.get("batch_size", ""),
-        # Runs recorded before precision was a setting ran bf16 on CUDA and fp32 on the CPU.
-        "precision": params.get("precision", tracking.legacy_precision(device)),
-        "device": device, "data_provenance": tags.get(tracking.DATA_PROVENANCE_TAG, ""),
+        **tracking.recorded_settings(params, device), "iterations": params.get("iterations", ""),
+        "epochs_planned": params.get("epochs", ""), "batch_size": params.get("batch_size", ""), "device": device,
+        "data_provenance": tags.get(tracking.DATA_PROVENANCE_TAG, ""),
         "data_description": tags.get(tracking.DATA_DESCRIPTION_TAG, ""),
         "git_commit": tags.get(tracking.GIT_COMMIT_TAG, ""), "git_dirty": tags.get(tracking.GIT_DIRTY_TAG, ""),
         "start_time": started.isoformat(timespec="seconds"),
@@ -85,11 +97,29 @@ def _run_row(run, study: str, profile: str, experiment_id: str) -> dict:
 
 def read_csv(path: str | Path) -> pd.DataFrame:
     """A table written by :func:`write_csv` (or by an earlier version of this report)."""
+    head = pd.read_csv(path, nrows=0).columns
+    numeric = [c for c in head if c in METRICS + ("epoch",) or c.startswith(RUN_METRIC_PREFIXES)]
     table = pd.read_csv(path, dtype={"shortcut": str, "run_id": str, "experiment_id": str}, keep_default_na=False,
-                        na_values={m: [""] for m in METRICS + ("epoch",)})
-    if "precision" not in table.columns:  # written before precision was a setting
-        table["precision"] = table["device"].map(tracking.legacy_precision)
-    return table
+                        na_values={c: [""] for c in numeric})
+    recorded = [tracking.recorded_settings({k: row[k] for k in ("schedule", "precision", "normalisation") if k in head},
+                                           row["device"]) for row in table.to_dict("records")]
+    for key in ("schedule", "precision", "normalisation"):
+        table[key] = [settings[key] for settings in recorded]
+    if "step" not in head:  # written before the step was read: epochs of full batches
+        table["step"] = [_legacy_step(row) for row in table.to_dict("records")]
+    return table.reindex(columns=RUN_COLUMNS + ["epoch", *METRICS] + _run_metric_columns(table))
+
+
+def _legacy_step(row: dict) -> float:
+    """The SGD steps done by the end of ``row``'s epoch, from the training set size its description
+    names (a subset or the 45k/5k split; else the 50k images) and its batch size."""
+    description = str(row["data_description"])
+    subset = re.search(r"subset (\d+) train", description)
+    split = re.search(r"(\d+)/\d+ train/validation split", description)
+    train_size = int(subset.group(1)) if subset else int(split.group(1)) if split else 50_000
+    steps = float(row["epoch"]) * (train_size // int(row["batch_size"]))
+    iterations = str(row["iterations"])
+    return min(steps, float(iterations)) if iterations not in ("", "None") else steps
 
 
 def write_csv(frames: list[pd.DataFrame], path: str | Path) -> None:
@@ -121,6 +151,22 @@ def final_values(frame: pd.DataFrame, model: str, shortcut: str, metric: str, fi
         return pd.Series(dtype=float)
     last = rows.sort_values("epoch").groupby("seed").tail(1)
     return last.set_index("seed")[metric].sort_index()
+
+
+def final_training_errors(frame: pd.DataFrame, model: str, shortcut: str) -> pd.Series:
+    """Per seed, the final training error: the mean over the last 390 iterations where the run
+    logged it, else (runs recorded before it was) the last epoch's training error."""
+    logged = final_values(frame, model, shortcut, "final_train_error") if "final_train_error" in frame else None
+    last_epoch = final_values(frame, model, shortcut, "train_error")
+    if logged is None or logged.empty:
+        return last_epoch
+    return logged.fillna(last_epoch)
+
+
+def uses_last_epoch(frame: pd.DataFrame) -> bool:
+    """Whether some finished run lacks the final training error over the last 390 iterations."""
+    finished = frame[frame["status"] == tracking.STATUS_FINISHED]
+    return "final_train_error" not in finished or bool(finished["final_train_error"].isna().any())
 
 
 def label(model: str, shortcut: str) -> str:

@@ -60,14 +60,15 @@ class StudyOutcome:
 def _finished_run(experiment: str, config: TrainConfig, uri: str):
     """The newest FINISHED run of ``config`` (its precision resolved) and the newest run of it at all.
 
-    Runs recorded before precision was a setting carry their older fingerprint; they count as the
-    precision they ran in (bf16 on CUDA, fp32 on the CPU), so a finished study is not retrained."""
+    Runs recorded by earlier versions carry their older fingerprints (``legacy_fingerprints``); those
+    recorded before precision was a setting count as the precision they ran in (bf16 on CUDA, fp32 on
+    the CPU), so a finished study is not retrained."""
     runs = tracking.find_runs(experiment, uri, **{tracking.FINGERPRINT_TAG: config.fingerprint()})
-    legacy = config.legacy_fingerprint()
-    if legacy is not None:
-        runs += [run for run in tracking.find_runs(experiment, uri, **{tracking.FINGERPRINT_TAG: legacy})
-                 if "precision" not in run.data.params
-                 and tracking.legacy_precision(run.data.tags.get(tracking.DEVICE_TAG, "")) == config.precision]
+    for legacy, before_precision in config.legacy_fingerprints().items():
+        for run in tracking.find_runs(experiment, uri, **{tracking.FINGERPRINT_TAG: legacy}):
+            ran_in = tracking.legacy_precision(run.data.tags.get(tracking.DEVICE_TAG, ""))
+            if not before_precision or ("precision" not in run.data.params and ran_in == config.precision):
+                runs.append(run)
     runs.sort(key=lambda run: run.info.start_time, reverse=True)
     finished = [r for r in runs if r.info.status == tracking.STATUS_FINISHED]
     return (finished or [None])[0], (runs or [None])[0]

@@ -1,4 +1,16 @@
-"""Verdicts from per-seed numbers: does one network train worse or better than another?"""
+"""Verdicts from per-seed numbers: does one network train worse or better than another?
+
+Each verdict pairs the two networks' final training errors by seed (the same seed is the same
+initialisation order and the same data order), and judges the mean paired difference by its
+Student-t 95% confidence interval (``scipy.stats.ttest_rel``):
+
+* ``Yes:`` the interval lies wholly on the side of zero the claim predicts;
+* ``No:`` it lies wholly on the other side;
+* ``Not decided:`` it straddles zero, or there are fewer than two shared seeds.
+
+With 2 seeds the t interval reaches 12.7 standard errors either side of the mean; with 3, 4.3. Few
+seeds decide little, and the verdict says so rather than round up.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +18,17 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
+from scipy import stats
 
-from .results import final_values, label
+from .results import final_training_errors, label
+
+CONFIDENCE = 0.95
+ANSWERS = ("Yes", "No", "Not decided")
 
 
 @dataclass(frozen=True)
 class Summary:
-    """Mean and std over seeds of one network's last-epoch value."""
+    """Mean and std over seeds of one network's final value."""
 
     mean: float
     std: float
@@ -30,58 +46,94 @@ def summarise(values: pd.Series) -> Summary:
     return Summary(float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0, len(values))
 
 
+def t_multiplier(seeds: int) -> float:
+    """How many standard errors the 95% interval reaches either side of the mean with ``seeds``."""
+    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, seeds - 1))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``second - first`` over the seeds both have: mean, 95% CI, two-sided p-value, n."""
+
+    differences: tuple[float, ...]
+    mean: float
+    low: float
+    high: float
+    p_value: float
+
+    @property
+    def n(self) -> int:
+        return len(self.differences)
+
+    @classmethod
+    def of(cls, first: pd.Series, second: pd.Series) -> PairedDifference:
+        seeds = sorted(set(first.index) & set(second.index))
+        differences = tuple(float(second[s] - first[s]) for s in seeds)
+        if len(seeds) < 2:
+            mean = differences[0] if differences else math.nan
+            return cls(differences, mean, math.nan, math.nan, math.nan)
+        test = stats.ttest_rel(second[seeds].to_numpy(), first[seeds].to_numpy())
+        interval = test.confidence_interval(CONFIDENCE)
+        return cls(differences, float(sum(differences) / len(differences)), float(interval.low),
+                   float(interval.high), float(test.pvalue))
+
+
 @dataclass(frozen=True)
 class Verdict:
-    holds: bool | None  # None: the data cannot say
-    difference: Summary  # deeper minus shallower, final training error (points)
-    spread: float  # seed-to-seed std of the final training errors (the larger of the two cells)
+    """A claim about two networks, the evidence, and the answer the evidence gives."""
+
+    claim: str  # "plain-34 trains worse than plain-18"
+    answer: str  # one of ANSWERS
+    difference: PairedDifference
     sentence: str
 
+    @property
+    def holds(self) -> bool | None:
+        return {"Yes": True, "No": False}.get(self.answer)
 
-def compare_depths(frame: pd.DataFrame, shallow: tuple[str, str], deep: tuple[str, str], question: str) -> Verdict:
-    """Final training error of ``deep`` minus ``shallow``, paired by seed.
 
-    ``question`` is "worse" (does the deeper net train worse? the degradation), "as well"
-    (does the deeper net train at least as well?) or "better" (does the second net train better
-    than the first? the shortcuts' fix). A difference counts only if it exceeds the seed-to-seed
-    spread.
+def judge(frame: pd.DataFrame, reference: tuple[str, str], subject: tuple[str, str], claim: str,
+          note: str = "") -> Verdict:
+    """Does ``subject`` train ``claim`` ("worse" or "better") than ``reference``?
+
+    The evidence is the final training error of ``subject`` minus that of ``reference``, paired
+    by seed; "worse" predicts a positive difference, "better" a negative one.
     """
-    shallow_final = final_values(frame, *shallow, "train_error")
-    deep_final = final_values(frame, *deep, "train_error")
-    names = (label(*shallow), label(*deep))
-    seeds = sorted(set(shallow_final.index) & set(deep_final.index))
-    if not seeds:
-        missing = [name for name, values in zip(names, (shallow_final, deep_final)) if values.empty]
-        return Verdict(None, Summary(math.nan, math.nan, 0), math.nan,
-                       f"Not known yet: no finished runs of {' and '.join(missing) or 'matching seeds'}.")
-    difference = summarise(deep_final[seeds] - shallow_final[seeds])
-    spread = max(summarise(shallow_final[seeds]).std, summarise(deep_final[seeds]).std)
-    amount = (f"{names[1]}'s final training error is {abs(difference.mean):.2f}"
-              f"{f' ± {difference.std:.2f}' if len(seeds) > 1 else ''} points "
-              f"{'higher' if difference.mean > 0 else 'lower'} than {names[0]}'s "
-              f"({'mean ± std over ' + str(len(seeds)) + ' seeds' if len(seeds) > 1 else 'one seed'})")
-    if len(seeds) < 2:
-        clear = None
-        spread_text = "with one seed there is no seed-to-seed spread to compare it against, so this is not conclusive"
+    if claim not in ("worse", "better"):
+        raise ValueError(f"claim must be 'worse' or 'better', got {claim!r}")
+    names = (label(*reference), label(*subject))
+    statement = f"{names[1]} trains {claim} than {names[0]}"
+    first, second = final_training_errors(frame, *reference), final_training_errors(frame, *subject)
+    difference = PairedDifference.of(first, second)
+    sign = 1 if claim == "worse" else -1
+    if difference.n < 2 or math.isnan(difference.low):
+        answer = "Not decided"
+    elif sign * difference.low > 0 and sign * difference.high > 0:
+        answer = "Yes"
+    elif sign * difference.low < 0 and sign * difference.high < 0:
+        answer = "No"
     else:
-        clear = abs(difference.mean) > spread
-        spread_text = (f"{'more' if clear else 'no more'} than the seed-to-seed spread ({spread:.2f} points)")
-    if question == "worse":
-        if clear is None:
-            holds = None
-        else:
-            holds = bool(clear and difference.mean > 0)
-        lead = {True: f"Yes: {names[1]} trains worse than {names[0]} (the degradation problem).",
-                False: f"No: these runs do not show {names[1]} training worse than {names[0]}.",
-                None: f"Undecided: {names[1]} against {names[0]}."}[holds]
-    elif question == "better":
-        holds = None if clear is None else bool(clear and difference.mean < 0)
-        lead = {True: f"Yes: {names[1]} trains better than {names[0]}, the same depth without shortcuts.",
-                False: f"No: these runs do not show {names[1]} training better than {names[0]}.",
-                None: f"Undecided: {names[1]} against {names[0]}."}[holds]
-    else:
-        holds = None if clear is None else bool(difference.mean <= 0 or not clear)
-        lead = {True: f"Yes: {names[1]} trains at least as well as {names[0]}.",
-                False: f"No: {names[1]} trains worse than {names[0]} in these runs.",
-                None: f"Undecided: {names[1]} against {names[0]}."}[holds]
-    return Verdict(holds, difference, spread, f"{lead} {amount}, {spread_text}.")
+        answer = "Not decided"
+    return Verdict(statement, answer, difference, _sentence(statement, answer, difference, names, note, first, second))
+
+
+def _sentence(statement: str, answer: str, difference: PairedDifference, names: tuple[str, str], note: str,
+              first: pd.Series, second: pd.Series) -> str:
+    lead = f"{answer}: {statement}{f' ({note})' if note else ''}."
+    if difference.n == 0:
+        missing = [name for name, values in zip(names, (first, second)) if values.empty]
+        why = f"no finished runs of {' and '.join(missing)}" if missing else "no seed that both have finished"
+        return f"{lead} There is no evidence yet: {why}; 95% CI undefined, n = 0 seeds."
+    direction = "higher" if difference.mean > 0 else "lower"
+    amount = (f"{names[1]}'s final training error is {abs(difference.mean):.2f} points {direction} than "
+              f"{names[0]}'s")
+    if difference.n == 1:
+        return (f"{lead} {amount} in the one seed both have; one seed gives no spread to judge it by: "
+                f"95% CI undefined, n = 1 seeds.")
+    interval = f"95% CI [{difference.low:.2f}, {difference.high:.2f}]"
+    per_seed = ", ".join(f"{d:+.2f}" for d in difference.differences)
+    reading = {"Yes": "the interval excludes zero on the claimed side",
+               "No": "the interval excludes zero on the other side",
+               "Not decided": "the interval includes zero"}[answer]
+    return (f"{lead} {amount} on average (difference {names[1]} minus {names[0]}, paired by seed: {per_seed}); "
+            f"{interval}, p = {difference.p_value:.2g}, n = {difference.n} seeds: {reading}.")

@@ -65,6 +65,18 @@ def legacy_precision(device_tag: str) -> str:
     return "fp32" if device_tag in ("", "cpu") else "bf16"
 
 
+def recorded_settings(params: dict[str, str], device_tag: str) -> dict[str, str]:
+    """A run's schedule, precision and normalisation as it ran, also when an earlier version
+    recorded it: before normalisation was a setting every run was per-channel and the schedule
+    called ``paper`` compressed its drops into the run (today's ``paper-compressed``); before
+    precision was a setting, see :func:`legacy_precision`."""
+    schedule = str(params.get("schedule", ""))
+    if "normalisation" not in params and schedule == "paper":
+        schedule = "paper-compressed"
+    return {"schedule": schedule, "precision": str(params.get("precision", legacy_precision(device_tag))),
+            "normalisation": str(params.get("normalisation", "per-channel"))}
+
+
 def resolve_tracking_uri(explicit: str | None = None) -> str:
     """``explicit``, else ``$MLFLOW_TRACKING_URI``, else the SQLite store at the project root."""
     if explicit:

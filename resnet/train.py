@@ -3,7 +3,11 @@ loop, checkpoints and resume. What one step is lives in ``engine.py``.
 
 The recipe (section 4.2 of He et al. 2015, CIFAR-10; the numbers in ``paper.py``): SGD with
 momentum 0.9, weight decay 1e-4, batch 128, learning rate 0.1 divided by 10 at 32k and 48k
-iterations, stop at 64k; per image 4-pixel zero padding, a random 32x32 crop and a horizontal flip.
+iterations, stop at 64k; the per-pixel mean subtracted; per image 4-pixel zero padding, a random
+32x32 crop and a horizontal flip.
+
+The final training error is the mean over the last 390 iterations (one epoch of 50k images at
+batch 128), whatever the epoch boundaries: 64,000 = 164 x 390 + 40, so the last epoch is partial.
 
 Speed without changing the recipe: the data set lives on the device as uint8 and each epoch is
 augmented there in a few large gathers; on CUDA the whole training step (forward, backward, SGD) is
@@ -31,14 +35,16 @@ from .data import Cifar10, load_cifar10, subset, validation_split
 from .engine import (
     LAYER_STATISTICS_BATCH,
     SGD,
+    Normalisation,
     Precision,
+    StepMetrics,
     TrainStep,
     evaluate,
     layer_statistics,
     make_train_step,
-    normalise,
     prepare_epoch,
     resolve_device,
+    stage_output_stds,
 )
 from .models import build_model, count_multiply_adds, count_parameters
 from .paths import atomic_write_bytes, runs_dir
@@ -70,6 +76,9 @@ class Schedule:
         else:
             total = paper.ITERATIONS
         if config.schedule == "paper":
+            # The drops at 32k and 48k iterations, absolute: a shorter run is the paper's run stopped early.
+            milestones = paper.LR_DROP_ITERATIONS
+        elif config.schedule == "paper-compressed":
             # The drops at the same fractions of any length as 32k and 48k are of 64k.
             milestones = tuple(total * drop // paper.ITERATIONS for drop in paper.LR_DROP_ITERATIONS)
         elif config.schedule == "multistep":
@@ -105,12 +114,13 @@ class TrainResult:
 
 @dataclass
 class _Progress:
-    """What a checkpoint holds besides the weights: where the run is."""
+    """What a checkpoint holds besides the weights and the step record: where the run is."""
 
     history: list[dict[str, float]]
     step: int = 0
     warming_up: bool = False
     run_id: str | None = None
+    initial: dict[str, float] = field(default_factory=dict)  # measured before the first step
 
 
 def prepare_data(config: TrainConfig, data: Cifar10 | None = None) -> Cifar10:
@@ -151,16 +161,16 @@ def train(
     checkpoint_file = checkpoint_path(config, checkpoint_dir)
     run = _Run.start(config, data, device)
 
-    state = _Progress(history=[], warming_up=config.warmup)
     if checkpoint_file.is_file():
-        saved = run.restore(checkpoint_file)
-        state = _Progress(saved["history"], saved["step"], saved["warming_up"],
-                          tracking.reopen_run(mlflow_client, saved["run_id"]))
+        state = run.restore(checkpoint_file)
+        state.run_id = tracking.reopen_run(mlflow_client, state.run_id)
+    else:
+        state = _Progress(history=[], warming_up=config.warmup, initial=run.stage_stds("init"))
     if state.run_id is None:
         experiment = tracking.experiment_id(config.study, uri)
         state.run_id = _create_run(mlflow_client, experiment, config, data, run, parent_run_id)
-        if state.history:
-            tracking.log_metrics(mlflow_client, state.run_id, state.history)  # the checkpoint outlived its run
+        # The checkpoint may have outlived its run: log what it holds.
+        tracking.log_metrics(mlflow_client, state.run_id, [{"epoch": 0, **state.initial}, *state.history])
     elif state.history:
         print(f"resuming {config.run_name} at epoch {len(state.history) + 1}/{run.schedule.epochs} "
               f"(MLflow run {state.run_id})")
@@ -192,6 +202,10 @@ def train(
                          _history_files(state.history))
         raise
 
+    final = {"final_train_error": run.record.final_error(state.step, config.batch_size), **run.stage_stds("final")}
+    tracking.log_metrics(mlflow_client, state.run_id, [{"epoch": state.history[-1]["epoch"], **final}])
+    for row in state.history:  # the run's one final number, on every row of its CSV
+        row["final_train_error"] = final["final_train_error"]
     tracking.log_files(mlflow_client, state.run_id, {
         "state_dict.pt": run.weights(), **_history_files(state.history),
         "config.json": json.dumps(config.to_dict(), indent=2).encode()})
@@ -207,13 +221,14 @@ class _Run:
     config: TrainConfig
     schedule: Schedule
     precision: Precision
+    normalise: Normalisation
     model: nn.Module
     optimizer: SGD
     lr: torch.Tensor  # the learning rate, a device tensor the (graphed) step reads
     generator: torch.Generator
     tensors: dict[str, torch.Tensor]
+    record: StepMetrics
     description: dict[str, int]  # parameters and multiply-adds, for the MLflow run
-    statistics_batch: tuple[torch.Tensor, torch.Tensor] | None = None
     train_step: TrainStep | None = None
 
     @classmethod
@@ -222,39 +237,34 @@ class _Run:
         schedule = Schedule.for_config(config, len(data.train_labels))
         torch.manual_seed(config.seed)
         model = build_model(config.model, shortcut=config.shortcut, stem=config.stem)
-        description = {"parameters": count_parameters(model),
-                       "multiply_adds": count_multiply_adds(model, image_size=32)}
+        description = {"parameters": count_parameters(model), "multiply_adds": count_multiply_adds(model)}
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         model = precision.place_model(model)
         lr = torch.tensor(schedule.lr_at(0), device=device)
         optimizer = SGD(model.parameters(), lr, config.momentum, config.weight_decay)
         generator = torch.Generator(device=device).manual_seed(config.seed)
-        tensors = {
-            name: getattr(data, name).to(device)
-            for name in ("train_images", "train_labels", "test_images", "test_labels")
-        }
-        run = cls(config, schedule, precision, model, optimizer, lr, generator, tensors, description)
-        if config.diagnostics:
-            fixed = slice(0, min(LAYER_STATISTICS_BATCH, len(data.test_labels)))
-            run.statistics_batch = (
-                normalise(tensors["test_images"][fixed], torch.float32),
-                tensors["test_labels"][fixed],
-            )
-        return run
+        tensors = {name: getattr(data, name).to(device)
+                   for name in ("train_images", "train_labels", "test_images", "test_labels")}
+        normalise = Normalisation.for_images(config.normalisation, tensors["train_images"])
+        # The final training error's window: one epoch of 50k images at batch 128, or one epoch's
+        # worth of steps on a smaller data set.
+        record = StepMetrics(device, window=min(paper.STEPS_PER_EPOCH, schedule.steps_per_epoch))
+        return cls(config, schedule, precision, normalise, model, optimizer, lr, generator, tensors, record,
+                   description)
 
     def epoch(self, epoch: int, state: _Progress, progress: bool) -> dict[str, float]:
         """One epoch's SGD steps (fewer if the run ends inside it), then the test set; the training
         metrics are read in one host sync at the end."""
         config, schedule, batch = self.config, self.schedule, self.config.batch_size
-        epoch_images, epoch_labels = prepare_epoch(
-            self.tensors["train_images"], self.tensors["train_labels"], self.generator, self.precision
-        )
+        epoch_images, epoch_labels = prepare_epoch(self.tensors["train_images"], self.tensors["train_labels"],
+                                                   self.generator, self.precision, self.normalise)
         if self.train_step is None:
             first_batch = (epoch_images[:batch], epoch_labels[:batch])
-            self.train_step = make_train_step(self.model, self.optimizer, self.precision, config.step_mode, first_batch)
+            self.train_step = make_train_step(self.model, self.optimizer, self.precision, self.record,
+                                              config.step_mode, first_batch)
         started = time.perf_counter()  # after any capture: capture time is not training time
-        self.train_step.reset_metrics()
+        self.record.reset_epoch()
         steps = min(schedule.steps_per_epoch, schedule.total_steps - state.step)
         bar = _progress_bar(progress, steps * batch, f"{config.run_name} {epoch}/{schedule.epochs}")
         current_lr = None
@@ -263,60 +273,55 @@ class _Run:
             if wanted != current_lr:
                 self.lr.fill_(wanted)
                 current_lr = wanted
-            self.train_step(
-                epoch_images[index * batch : (index + 1) * batch], epoch_labels[index * batch : (index + 1) * batch]
-            )
+            batch_slice = slice(index * batch, (index + 1) * batch)
+            self.train_step(epoch_images[batch_slice], epoch_labels[batch_slice])
             state.step += 1
             if bar is not None:
                 bar.update(batch)
         images = steps * batch
-        train_loss = self.train_step.loss_sum.item() / images  # the epoch's one host sync
-        train_error = 100.0 * self.train_step.error_count.item() / images
+        loss_sum, error_count, loss_max = torch.stack(  # the epoch's one host sync
+            [self.record.loss_sum, self.record.error_count.float(), self.record.loss_max]).tolist()
         seconds = time.perf_counter() - started
         if bar is not None:
             bar.close()
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"training loss is {train_loss} at epoch {epoch} (step {state.step})")
-        test_loss, test_error = evaluate(
-            self.model, self.tensors["test_images"], self.tensors["test_labels"], self.precision
-        )
-        metrics = {
-            "epoch": epoch,
-            "step": state.step,
-            "train_error": train_error,
-            "train_loss": train_loss,
-            "test_error": test_error,
-            "test_loss": test_loss,
-            "lr": current_lr,
-            "epoch_seconds": seconds,
-            "images_per_second": images / seconds,
-        }
-        if self.statistics_batch is not None:
-            metrics.update(layer_statistics(self.model, *self.statistics_batch))
+        if not math.isfinite(loss_sum):
+            raise TrainingDiverged(f"training loss is {loss_sum / images} at epoch {epoch} (step {state.step})")
+        test_loss, test_error = evaluate(self.model, self.tensors["test_images"], self.tensors["test_labels"],
+                                         self.precision, self.normalise)
+        metrics = {"epoch": epoch, "step": state.step, "train_error": 100.0 * error_count / images,
+                   "train_loss": loss_sum / images, "test_error": test_error, "test_loss": test_loss,
+                   "lr": current_lr, "max_step_loss": loss_max, "epoch_seconds": seconds,
+                   "images_per_second": images / seconds}
+        if config.diagnostics:  # Figure 7: the 3x3 responses, on a fixed batch of test images
+            fixed = slice(0, LAYER_STATISTICS_BATCH)
+            metrics.update(layer_statistics(self.model, self.normalise(self.tensors["test_images"][fixed],
+                                                                       torch.float32),
+                                            self.tensors["test_labels"][fixed]))
         return metrics
 
-    def restore(self, path: Path) -> dict[str, Any]:
+    def stage_stds(self, when: str) -> dict[str, float]:
+        """``stage_std_<when>_<stage>``: the residual stream's std on a fixed batch of training
+        images (with diagnostics on)."""
+        if not self.config.diagnostics:
+            return {}
+        batch = self.normalise(self.tensors["train_images"][:LAYER_STATISTICS_BATCH], torch.float32)
+        return {f"stage_std_{when}_{stage}": std for stage, std in stage_output_stds(self.model, batch).items()}
+
+    def restore(self, path: Path) -> _Progress:
         saved = torch.load(path, map_location=self.precision.device, weights_only=False)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.generator.set_state(saved["generator"].cpu())
-        return saved
+        for tensor, value in zip(self.record.window_tensors(), saved["window"], strict=True):
+            tensor.copy_(value)
+        return _Progress(saved["history"], saved["step"], saved["warming_up"], saved["run_id"], saved["initial"])
 
     def save(self, path: Path, state: _Progress) -> None:
         buffer = io.BytesIO()
-        torch.save(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(),
-                "history": state.history,
-                "step": state.step,
-                "warming_up": state.warming_up,
-                "run_id": state.run_id,
-                "config": self.config.to_dict(),
-            },
-            buffer,
-        )
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "generator": self.generator.get_state(), "window": self.record.window_tensors(),
+                    "history": state.history, "step": state.step, "warming_up": state.warming_up,
+                    "run_id": state.run_id, "initial": state.initial, "config": self.config.to_dict()}, buffer)
         atomic_write_bytes(path, buffer.getvalue())
 
     def weights(self) -> bytes:

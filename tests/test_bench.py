@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from resnet import paper
 from resnet.bench import main, peak_flops
 from resnet.data import load_cifar10
-from resnet.engine import Precision, prepare_epoch
+from resnet.engine import Normalisation, Precision, prepare_epoch
 from resnet.models import build_model
 
 
@@ -21,7 +21,8 @@ def _independent_mean_loss(steps: int, untimed_steps: int, batch_size: int) -> f
     optimizer = torch.optim.SGD(model.parameters(), lr=paper.LEARNING_RATE, momentum=paper.MOMENTUM,
                                 weight_decay=paper.WEIGHT_DECAY)
     epoch_images, epoch_labels = prepare_epoch(images, labels, torch.Generator().manual_seed(0),
-                                               Precision.for_device("fp32", torch.device("cpu")))
+                                               Precision.for_device("fp32", torch.device("cpu")),
+                                               Normalisation.for_images("per-pixel", images))
     losses = []
     for index in range(untimed_steps + steps):
         batch = slice(index * batch_size, (index + 1) * batch_size)

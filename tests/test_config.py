@@ -14,7 +14,9 @@ from resnet.config import ConfigError, TrainConfig, resolve_precision
         (dict(modle="resnet18"), "unknown parameter 'modle' \\(did you mean 'model'\\?\\)"),
         (dict(model="resnet19"), "model: no resnet network of depth 19"),
         (dict(model="plain18", shortcut="B"), "shortcut: plain18 is a plain network"),
-        (dict(schedule="linear"), "schedule: unknown schedule 'linear'; legal values: paper, multistep, cosine"),
+        (dict(schedule="linear"),
+         "schedule: unknown schedule 'linear'; legal values: paper, paper-compressed, multistep, cosine"),
+        (dict(normalisation="zca"), "normalisation: unknown normalisation 'zca'; legal values: per-pixel, per-channel"),
         (dict(epochs="ten"), "epochs: expected a whole number, got 'ten'"),
         (dict(lr=-1), "lr: must be a positive number"),
         (dict(schedule="multistep", epochs=10), "milestones: the multistep schedule needs milestones"),
@@ -66,8 +68,25 @@ def test_precision_is_part_of_the_fingerprint_and_must_be_resolved_first():
         config.fingerprint()
 
 
-def test_legacy_fingerprint_is_the_identity_without_precision():
-    config = TrainConfig(model="plain20", epochs=3, schedule="cosine").resolved_for("cuda")
-    identity = {k: v for k, v in config.to_dict().items()
-                if k not in ("device", "step_mode", "study", "run_name", "cell", "precision")}
-    assert config.legacy_fingerprint() == hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+def _hash(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_legacy_fingerprints_are_the_identities_earlier_versions_recorded():
+    where = ("device", "step_mode", "study", "run_name", "cell")
+    compressed = TrainConfig(model="plain20", iterations=3900, schedule="paper-compressed",
+                             normalisation="per-channel").resolved_for("cuda")
+    identity = {k: v for k, v in compressed.to_dict().items() if k not in where + ("normalisation",)}
+    identity["schedule"] = "paper"  # what paper-compressed was called before the absolute schedule
+    with_precision = _hash(identity)
+    del identity["precision"]
+    assert compressed.legacy_fingerprints() == {_hash(identity): True, with_precision: False}
+    # Every earlier run was per-channel, and none ran today's paper schedule (stopped early).
+    assert TrainConfig(model="plain20", iterations=3900).resolved_for("cuda").legacy_fingerprints() == {}
+    assert TrainConfig(model="plain20", iterations=3900, normalisation="per-channel",
+                       schedule="paper").resolved_for("cuda").legacy_fingerprints() == {}
+    assert TrainConfig(model="plain20", iterations=3900, schedule="paper-compressed").resolved_for(
+        "cuda").legacy_fingerprints() == {}
+    cosine = TrainConfig(model="plain20", epochs=3, schedule="cosine", normalisation="per-channel").resolved_for("cpu")
+    old = {k: v for k, v in cosine.to_dict().items() if k not in where + ("normalisation", "precision")}
+    assert _hash(old) in cosine.legacy_fingerprints()

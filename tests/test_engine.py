@@ -3,7 +3,17 @@
 import pytest
 import torch
 
-from resnet.engine import SGD, Precision, augment, layer_statistics, make_train_step, prepare_epoch
+from resnet.engine import (
+    SGD,
+    Normalisation,
+    Precision,
+    StepMetrics,
+    augment,
+    layer_statistics,
+    make_train_step,
+    prepare_epoch,
+    stage_output_stds,
+)
 from resnet.models import build_model
 
 
@@ -60,11 +70,11 @@ def test_cuda_graph_step_falls_back_to_the_eager_step_on_the_cpu():
     batch = (torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]))
     with pytest.warns(UserWarning, match="'cuda-graph' needs CUDA; falling back to the eager step"):
         cpu = Precision.for_device("auto", torch.device("cpu"))
-        step = make_train_step(model, optimizer, cpu, "cuda-graph", batch)
+        step = make_train_step(model, optimizer, cpu, StepMetrics(cpu.device, window=2), "cuda-graph", batch)
     assert step.mode == "eager"
     before = model[1].weight.detach().clone()
     step(*batch)
-    assert not torch.equal(before, model[1].weight) and step.loss_sum.item() > 0
+    assert not torch.equal(before, model[1].weight) and step.metrics.loss_sum.item() > 0
 
 
 
@@ -77,7 +87,8 @@ def test_precision_decides_dtype_and_layout_in_one_place():
     model = bf16.place_model(build_model("resnet20"))
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    batch, _ = prepare_epoch(images, torch.zeros(64, dtype=torch.int64), torch.Generator().manual_seed(0), bf16)
+    batch, _ = prepare_epoch(images, torch.zeros(64, dtype=torch.int64), torch.Generator().manual_seed(0), bf16,
+                             Normalisation.for_images("per-pixel", images))
     assert batch.dtype == torch.bfloat16 and batch.is_contiguous(memory_format=torch.channels_last)
     assert Precision.for_device("auto", torch.device("cuda")).memory_format == torch.channels_last
 
@@ -89,13 +100,15 @@ def _train_steps(precision: Precision, steps: int) -> list[float]:
     optimizer = SGD(model.parameters(), torch.tensor(0.05), momentum=0.9, weight_decay=0.0)
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(64) % 10
-    batch, order = prepare_epoch(images, labels, torch.Generator().manual_seed(0), precision)
-    step = make_train_step(model, optimizer, precision, "auto", (batch, order))
+    batch, order = prepare_epoch(images, labels, torch.Generator().manual_seed(0), precision,
+                                 Normalisation.for_images("per-channel", images))
+    record = StepMetrics(precision.device, window=1)
+    step = make_train_step(model, optimizer, precision, record, "auto", (batch, order))
     losses = []
     for _ in range(steps):
-        step.reset_metrics()
+        record.reset_epoch()
         step(batch, order)
-        losses.append(step.loss_sum.item() / 64)
+        losses.append(record.loss_sum.item() / 64)
     return losses
 
 
@@ -117,3 +130,52 @@ def test_layer_statistics_reports_every_stage_and_every_3x3_response():
     assert len([k for k in statistics if k.startswith("response_std_")]) == 18  # 9 blocks x two 3x3 layers
     assert all(value > 0 for value in statistics.values())
     assert model.training and all(p.grad is None for p in model.parameters())  # the step's state is untouched
+
+
+def test_per_pixel_normalisation_subtracts_the_mean_image_and_divides_by_one_std():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    images[:, 0] //= 2  # a channel with a different scale, so one number is not per-channel
+    per_pixel = Normalisation.for_images("per-pixel", images, chunk=64)
+    pixels = images.double()
+    mean_image = pixels.mean(dim=0, keepdim=True)
+    torch.testing.assert_close(per_pixel.mean.double(), mean_image, rtol=0, atol=1e-4)
+    assert per_pixel.std.numel() == 1
+    assert per_pixel.std.item() == pytest.approx((pixels - mean_image).square().mean().sqrt().item(), rel=1e-5)
+    out = per_pixel(images, torch.float32)
+    assert out.mean(dim=0).abs().max() < 1e-4 and out.std().item() == pytest.approx(1.0, rel=1e-3)
+    per_channel = Normalisation.for_images("per-channel", images)
+    assert per_channel.mean.shape == (1, 3, 1, 1)
+    assert per_channel.mean.flatten()[0].item() == pytest.approx(0.4914 * 255)
+
+
+def test_step_metrics_keep_the_largest_step_loss_and_the_last_window_of_steps_across_epochs():
+    record = StepMetrics(torch.device("cpu"), window=4)
+    labels = torch.tensor([0, 1, 2, 3])
+    wrong = [0, 2, 1, 4, 3, 0, 2]  # errors per step (of 4 images)
+    losses = [2.0, 9.5, 1.0, 0.5, 0.7, 0.2, 0.3]
+    for step, (errors, loss) in enumerate(zip(wrong, losses)):
+        if step == 5:  # an epoch boundary inside the window
+            assert record.loss_max.item() == 9.5 and record.error_count.item() == 10
+            record.reset_epoch()
+        logits = torch.nn.functional.one_hot((labels + (torch.arange(4) < errors)) % 4, 4).float()
+        record.add(torch.tensor(loss), logits, labels)
+    assert record.loss_max.item() == pytest.approx(0.3) and record.error_count.item() == 2
+    # The last 4 steps (4, 3, 0, 2 wrong of 16 images), whatever the epoch boundary: 56.25%.
+    assert record.final_error(steps_done=7, batch_size=4) == pytest.approx(100 * 9 / 16)
+    short = StepMetrics(torch.device("cpu"), window=390)
+    short.add(torch.tensor(1.0), torch.eye(4), torch.tensor([0, 1, 3, 2]))
+    assert short.final_error(steps_done=1, batch_size=4) == pytest.approx(50.0)  # fewer steps than the window
+
+
+def test_stage_output_std_grows_with_depth_under_identity_shortcuts_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    images = torch.randn(128, 3, 32, 32)
+    stds = {}
+    for name, shortcut in (("resnet20", "A"), ("resnet56", "A"), ("plain56", None)):
+        model = build_model(name, shortcut=shortcut)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        stds[name] = stage_output_stds(model, images)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics untouched
+    assert list(stds["resnet56"]) == ["layer1", "layer2", "layer3"]
+    assert stds["resnet56"]["layer3"] > stds["resnet20"]["layer3"] > stds["plain56"]["layer3"]

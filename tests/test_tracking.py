@@ -1,5 +1,5 @@
 """MLflow plumbing: experiments open as model training in the UI; runs recorded before precision
-was a setting still count as finished cells of the precision they ran in."""
+and normalisation were settings still count as finished cells of what they ran."""
 
 
 from resnet import tracking
@@ -21,9 +21,11 @@ def _legacy_run(store, config: TrainConfig, device: str) -> str:
     """A FINISHED run as recorded before precision was a setting: old fingerprint, no precision param."""
     client = tracking.client(tracking.prepare_store(store))
     experiment = tracking.experiment_id(config.study, store)
-    values = {k: v for k, v in config.to_dict().items() if k != "precision"}
+    values = {k: v for k, v in config.to_dict().items() if k not in ("precision", "normalisation")}
+    values["schedule"] = "paper"  # paper-compressed, as it was called then
+    (before_precision,) = [f for f, old in config.legacy_fingerprints().items() if old]
     run_id = tracking.create_run(client, experiment, config.run_name, {
-        tracking.FINGERPRINT_TAG: config.legacy_fingerprint(), tracking.ROLE_TAG: tracking.ROLE_CELL,
+        tracking.FINGERPRINT_TAG: before_precision, tracking.ROLE_TAG: tracking.ROLE_CELL,
         tracking.DEVICE_TAG: device}, values)
     client.set_terminated(run_id, tracking.STATUS_FINISHED)
     assert "precision" not in client.get_run(run_id).data.params
@@ -31,7 +33,8 @@ def _legacy_run(store, config: TrainConfig, device: str) -> str:
 
 
 def test_runs_recorded_before_precision_count_as_the_precision_they_ran_in(store):
-    config = TrainConfig(model="plain20", epochs=2, schedule="cosine", study="legacy")
+    config = TrainConfig(model="plain20", epochs=2, schedule="paper-compressed", normalisation="per-channel",
+                         study="legacy")
     gpu_run = _legacy_run(store, config.resolved_for("cuda"), "NVIDIA H200")
     experiment = tracking.experiment_id("legacy", store)
     finished, _ = _finished_run(experiment, config.resolved_for("cuda"), store)
@@ -39,6 +42,9 @@ def test_runs_recorded_before_precision_count_as_the_precision_they_ran_in(store
     assert _finished_run(experiment, config.resolved_for("cpu"), store) == (None, None)  # not an fp32 run
     assert _finished_run(experiment, TrainConfig(**{**config.to_dict(), "milestones": (), "precision": "fp32"})
                          .resolved_for("cuda"), store) == (None, None)
-    cpu_run = _legacy_run(store, TrainConfig(model="plain20", epochs=2, schedule="cosine", study="legacy"
-                                             ).resolved_for("cpu"), "cpu")
+    # Today's paper schedule (stopped early) and per-pixel normalisation are new: no old run is them.
+    for change in (dict(schedule="paper"), dict(normalisation="per-pixel")):
+        newer = TrainConfig(**{**config.to_dict(), "milestones": (), **change}).resolved_for("cuda")
+        assert _finished_run(experiment, newer, store) == (None, None)
+    cpu_run = _legacy_run(store, config.resolved_for("cpu"), "cpu")
     assert _finished_run(experiment, config.resolved_for("cpu"), store)[0].info.run_id == cpu_run

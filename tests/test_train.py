@@ -29,10 +29,16 @@ def test_multistep_and_cosine_schedules():
     assert cosine.epochs == 10
 
 
+def test_a_short_paper_schedule_is_the_papers_run_stopped_early_and_compressed_is_available():
+    short = Schedule.for_config(TrainConfig(iterations=3900), train_size=50_000)
+    assert {short.lr_at(step) for step in range(3900)} == {0.1}  # 32k is never reached
+    compressed = Schedule.for_config(TrainConfig(iterations=3900, schedule="paper-compressed"), train_size=50_000)
+    assert compressed.milestone_steps == (1950, 2925)
+    assert [compressed.lr_at(s) for s in (1949, 1950, 2924, 2925)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
 
 
 def test_tiny_model_learns_synthetic_data(store):
-    result = train(TrainConfig(**TINY, schedule="cosine", epochs=3), tracking_uri=store, progress=False)
+    result = train(TrainConfig(**TINY, schedule="cosine", epochs=4), tracking_uri=store, progress=False)
     losses = [row["train_loss"] for row in result.history]
     assert losses[0] > 2.0 and losses[-1] < 0.5 * losses[0]
     assert result.history[-1]["train_error"] < 30
@@ -125,7 +131,7 @@ def test_diverging_run_ends_failed_with_the_reason_and_the_store_stays_intact(st
 
 
 def test_warmup_uses_lr_0_01_until_training_error_is_below_80_percent(store):
-    result = train(TrainConfig(**TINY, schedule="cosine", epochs=3, warmup=True), tracking_uri=store, progress=False)
+    result = train(TrainConfig(**TINY, schedule="cosine", epochs=6, warmup=True), tracking_uri=store, progress=False)
     history = result.history
     assert history[0]["lr"] == 0.01
     # Epoch e trains at 0.01 exactly while every earlier epoch ended at or above 80% error.
@@ -161,3 +167,46 @@ def test_a_bf16_run_on_the_cpu_records_its_precision_and_is_a_different_experime
     assert runs["bf16"].data.tags[tracking.FINGERPRINT_TAG] != runs["fp32"].data.tags[tracking.FINGERPRINT_TAG]
     assert bf16.history[-1]["train_loss"] < bf16.history[0]["train_loss"]
     assert [row["train_loss"] for row in bf16.history] != [row["train_loss"] for row in fp32.history]
+
+
+def test_final_training_error_is_the_mean_over_the_last_window_of_steps_across_the_epoch_boundary(store, monkeypatch):
+    """10 steps per epoch, 25 iterations: epochs of 10, 10 and 5 steps. The window is one epoch's
+    worth of steps (10): the last 5 steps of epoch 2 and the 5 of epoch 3, as 390 steps are at 64k."""
+    from resnet import engine
+
+    errors_per_step = []
+    original = engine.TrainStep.__call__
+
+    def recording(self, images, labels):
+        before = self.metrics.error_count.item()
+        original(self, images, labels)
+        errors_per_step.append(self.metrics.error_count.item() - before)
+
+    monkeypatch.setattr(engine.TrainStep, "__call__", recording)
+    result = train(TrainConfig(**TINY, iterations=25, schedule="cosine"), tracking_uri=store, progress=False)
+    assert len(errors_per_step) == 25 and [row["step"] for row in result.history] == [10, 20, 25]
+    expected = 100.0 * sum(errors_per_step[-10:]) / (10 * 32)
+    assert result.history[-1]["final_train_error"] == pytest.approx(expected)
+    assert expected != pytest.approx(result.history[-1]["train_error"])  # not the partial last epoch
+    client = tracking.client(store)
+    logged = client.get_metric_history(result.run_id, "final_train_error")
+    assert [(m.step, m.value) for m in logged] == [(3, pytest.approx(expected))]
+    csv_path = client.download_artifacts(result.run_id, "metrics.csv")
+    rows = open(csv_path).read().splitlines()
+    column = rows[0].split(",").index("final_train_error")
+    assert [float(r.split(",")[column]) for r in rows[1:]] == [pytest.approx(expected)] * 3  # on every row
+    # Each epoch records its largest single-step loss, at least its mean step loss.
+    assert all(row["max_step_loss"] >= row["train_loss"] for row in result.history)
+
+
+def test_diagnostics_record_the_stage_output_std_at_initialisation_and_at_the_end(store):
+    result = train(TrainConfig(**TINY, epochs=1, schedule="cosine", diagnostics=True), tracking_uri=store,
+                   progress=False)
+    client = tracking.client(store)
+    metrics = client.get_run(result.run_id).data.metrics
+    for when, step in (("init", 0), ("final", 1)):
+        for stage in ("layer1", "layer2", "layer3"):
+            history = client.get_metric_history(result.run_id, f"stage_std_{when}_{stage}")
+            assert [m.step for m in history] == [step] and history[0].value > 0
+    assert metrics["stage_std_init_layer3"] != metrics["stage_std_final_layer3"]
+    assert len([key for key in metrics if key.startswith("response_std_")]) == 18
