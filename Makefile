@@ -41,13 +41,13 @@ STUDY_ARGS = --study $(STUDY) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA)
              $(if $(JOBS),--jobs $(JOBS)) $(if $(GPUS),--gpus $(GPUS))
 
 .PHONY: reproduce
-reproduce: $(VENV)/.installed ## Run the study (GPU: full profile; CPU: smoke) into MLflow, then build the report
+reproduce: $(VENV)/.installed ## Run the study into MLflow (GPU: degradation, full; CPU: cifar-depth, laptop), then the report
 	@status=0; $(BIN)/python -m resnet.study $(STUDY_ARGS) || status=$$?; \
 	if [ $$status -ne 130 ]; then $(BIN)/python -m resnet.report || { [ $$status -ne 0 ] || status=1; }; fi; \
 	echo; echo "Browse the runs: make ui   (MLflow on http://127.0.0.1:$(PORT))"; exit $$status
 
 # The report is a real file: rebuilt when the package changes or the store has new runs.
-reports/degradation.html: $(VENV)/.installed $(wildcard resnet/*.py) $(wildcard mlflow.db)
+reports/degradation.html: $(VENV)/.installed $(wildcard resnet/*.py resnet/templates/*) $(wildcard mlflow.db)
 	$(BIN)/python -m resnet.report
 
 .PHONY: report

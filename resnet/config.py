@@ -11,7 +11,9 @@ import difflib
 import hashlib
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from . import paper
@@ -19,10 +21,10 @@ from .models import architecture, check_stem, resolve_shortcut
 
 SCHEDULES = ("paper", "paper-compressed", "multistep", "cosine")
 STEP_MODES = ("auto", "eager", "cuda-graph")
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32", "best")
 NORMALISATIONS = ("per-pixel", "per-channel")
-# Not part of the experiment's identity: where, how fast, and under which name it runs.
-NOT_IDENTITY = ("device", "step_mode", "study", "run_name", "cell")
+# Not part of the experiment's identity: where, how fast, how often it is looked at, under which name.
+NOT_IDENTITY = ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell")
 
 
 class ConfigError(ValueError):
@@ -54,9 +56,11 @@ class TrainConfig:
     test_subset: int | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     step_mode: str = "auto"  # auto (CUDA graph on CUDA, eager on CPU) | eager | cuda-graph
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on the CPU) | bf16 | fp32
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on the CPU) | bf16 | fp32 | best (bf16 where native, else fp32)
     normalisation: str = "per-pixel"  # per-pixel: the paper's mean image | per-channel: official mean and std
     diagnostics: bool = False  # per-stage gradient norms, 3x3 response and stage output std (Figure 7)
+    eval_every: int = 1  # epochs between test-set evaluations (and diagnostics); the last epoch always
+    threads: int | None = None  # CPU threads for this run (None: PyTorch's default, every core)
     study: str = "adhoc"  # MLflow experiment
     run_name: str = ""  # defaults to model[-shortcut]-s<seed>
     cell: str = ""  # grid cell name within a study
@@ -95,10 +99,12 @@ class TrainConfig:
             fail("epochs", "give either iterations or epochs, not both")
         if self.schedule not in ("paper", "paper-compressed") and self.iterations is None and self.epochs is None:
             fail("epochs", f"the {self.schedule} schedule needs epochs (or iterations)")
-        for key in ("iterations", "epochs", "train_subset", "test_subset"):
+        for key in ("iterations", "epochs", "train_subset", "test_subset", "threads"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 fail(key, f"must be a positive whole number or None, got {value}")
+        if self.eval_every < 1:
+            fail("eval_every", f"must be a positive whole number of epochs, got {self.eval_every}")
         if self.batch_size < 1:
             fail("batch_size", f"must be positive, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -183,10 +189,23 @@ class TrainConfig:
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
-    """``auto``: bf16 on CUDA (autocast, where tensor cores run it), fp32 on the CPU."""
+    """``auto``: bf16 on CUDA (autocast, where tensor cores run it), fp32 on the CPU. ``best``: bf16
+    wherever the hardware runs it natively (CUDA; CPUs with AVX512-BF16 or AMX), else fp32."""
     if precision == "auto":
         return "bf16" if device_type == "cuda" else "fp32"
+    if precision == "best":
+        return "bf16" if device_type == "cuda" or cpu_has_native_bf16() else "fp32"
     return precision
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX, read from /proc/cpuinfo);
+    elsewhere bf16 autocast is emulated and slower than fp32, so ``best`` keeps fp32."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not sys.platform.startswith("linux") or not cpuinfo.is_file():
+        return False
+    flags = set(cpuinfo.read_text(errors="replace").split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def _hash(identity: dict[str, Any]) -> str:

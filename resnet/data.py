@@ -113,13 +113,21 @@ def validation_split(data: Cifar10, size: int = 5000, seed: int = 0) -> Cifar10:
 
 
 def subset(data: Cifar10, train_size: int | None, test_size: int | None, seed: int = 0) -> Cifar10:
-    """A fixed random subset of each split (for smoke runs on the CPU); ``None`` keeps all."""
+    """A fixed, class-balanced subset of each split (``None`` keeps all): ``size // 10`` images of
+    every class (one more for the first ``size % 10`` classes), drawn at random within each class."""
     generator = torch.Generator().manual_seed(seed)
 
     def pick(images, labels, size):
         if size is None or size >= len(labels):
             return images, labels
-        order = torch.randperm(len(labels), generator=generator)[:size]
+        classes = int(labels.max()) + 1
+        chosen = []
+        for label in range(classes):
+            members = torch.nonzero(labels == label).flatten()
+            wanted = size // classes + (label < size % classes)
+            chosen.append(members[torch.randperm(len(members), generator=generator)[:wanted]])
+        order = torch.cat(chosen)
+        order = order[torch.randperm(len(order), generator=generator)]  # classes interleaved, as in the source
         return images[order], labels[order]
 
     train_images, train_labels = pick(data.train_images, data.train_labels, train_size)
@@ -130,7 +138,7 @@ def subset(data: Cifar10, train_size: int | None, test_size: int | None, seed: i
         train_labels=train_labels,
         test_images=test_images,
         test_labels=test_labels,
-        description=f"{data.description}; subset {len(train_labels)} train / {len(test_labels)} test",
+        description=f"{data.description}; class-balanced subset {len(train_labels)} train / {len(test_labels)} test",
     )
 
 

@@ -104,25 +104,29 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
             "figure7": responses, "streams": _stream_table(degradation, DEGRADATION_NETWORKS),
         }
     if not cifar_depth.empty:
+        # The networks these runs have: a profile may run part of the family (the laptop's 20 and 56).
+        networks = [n for n in CIFAR_DEPTH_NETWORKS if not network_rows(cifar_depth, *n).empty]
+        plain = [n for n in networks if n[1] == PLAIN]
+        residual = [n for n in networks if n[1] != PLAIN]
         depth_figure = curves_figure(
-            cifar_depth, [("plain-20/32/44/56", CIFAR_DEPTH_NETWORKS[:4]),
-                          ("ResNet-20/32/44/56/110 (option A)", CIFAR_DEPTH_NETWORKS[4:])],
+            cifar_depth, [(f"plain-{'/'.join(m[5:] for m, _ in plain)}", plain),
+                          (f"ResNet-{'/'.join(m[6:] for m, _ in residual)} (option A)", residual)],
             "figure6", "The paper's Figure 6: training error (thin) and test error (bold) against iterations; "
             f"mean over seeds, band = min to max. {_length(cifar_depth)['short']}")
         depth_verdicts = {f"cifar-{key}": judge(cifar_depth, *claim)
                           for key, claim in _depth_claims(cifar_depth).items()}
         verdicts.update(depth_verdicts)
-        responses = figure7(cifar_depth, [n for n in CIFAR_DEPTH_NETWORKS if n[0] in ("plain20", "plain56", "resnet20",
-                                                                                     "resnet56", "resnet110")],
+        responses = figure7(cifar_depth, [n for n in networks if n[0] in ("plain20", "plain56", "resnet20", "resnet56",
+                                                                           "resnet110")],
                             "figure7-cifar", "The paper's Figure 7 (CIFAR-10 family): std of each 3x3 layer's response "
                             "at the end of training, on a fixed batch of 256 test images.")
         figures += [f for f in (depth_figure, responses) if f is not None]
         context["cifar_depth"] = {
-            "figure": depth_figure, "table": _depth_table(cifar_depth), "length": _length(cifar_depth),
+            "figure": depth_figure, "table": _depth_table(cifar_depth, networks), "length": _length(cifar_depth),
             "verdicts": [_verdict_view(v) for v in depth_verdicts.values()], "last_epoch": uses_last_epoch(cifar_depth),
-            "gaps": _gaps(cifar_depth, CIFAR_DEPTH_NETWORKS), "figure7": responses,
-            "instability": _instability_table(cifar_depth, CIFAR_DEPTH_NETWORKS),
-            "streams": _stream_table(cifar_depth, CIFAR_DEPTH_NETWORKS),
+            "gaps": _gaps(cifar_depth, networks), "figure7": responses,
+            "instability": _instability_table(cifar_depth, networks), "streams": _stream_table(cifar_depth, networks),
+            "networks": ", ".join(label(*n) for n in networks),
             "laptop": set(cifar_depth["profile"]) == {"laptop"},
         }
     context["provenance"] = _provenance(pd.concat([f for f in (degradation, cifar_depth) if not f.empty]), ui_base)
@@ -189,9 +193,9 @@ def _options_table(frame: pd.DataFrame) -> dict[str, list]:
                        "multiply-adds (32x32)", "paper: ImageNet top-1 error (%)"], "rows": rows}
 
 
-def _depth_table(frame: pd.DataFrame) -> dict[str, list]:
+def _depth_table(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> dict[str, list]:
     rows = []
-    for model, shortcut in CIFAR_DEPTH_NETWORKS:
+    for model, shortcut in networks:
         train = summarise(final_training_errors(frame, model, shortcut))
         test = summarise(final_values(frame, model, shortcut, "test_error"))
         reference = paper.CIFAR_TEST_ERROR.get(model)
@@ -209,7 +213,7 @@ def _instability_table(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> 
     before it was logged, the first epoch's mean loss), and how many seeds exceeded ln 10."""
     logged = "max_step_loss" in frame and frame["max_step_loss"].notna().any()
     metric = "max_step_loss" if logged else "train_loss"
-    rows, above = [], []
+    rows, above, spiked = [], [], []
     for model, shortcut in networks:
         first = network_rows(frame, model, shortcut)
         first = first[first["epoch"] == 1].drop_duplicates("seed")[metric].dropna()
@@ -218,10 +222,12 @@ def _instability_table(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> 
         count = int((first > GUESSING_LOSS).sum())
         if count:
             above.append(label(model, shortcut))
+        if (first > 2 * GUESSING_LOSS).any():
+            spiked.append(f"{label(model, shortcut)} ({first.max():.2f})")
         rows.append([label(model, shortcut), str(summarise(first)), f"{first.max():.2f}",
                      _gap(f"{count} of {len(first)}") if count else f"0 of {len(first)}"])
     what = "largest single-step loss" if logged else "mean training loss (largest step loss not logged)"
-    return {"logged": logged, "above": above, "rows": rows,
+    return {"logged": logged, "above": above, "spiked": spiked, "rows": rows,
             "header": ["network", f"first epoch's {what}: mean ± std", "largest seed", "seeds above ln 10"]}
 
 
@@ -308,20 +314,26 @@ def _gaps(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> list[str]:
     return notes
 
 
-def _default_study(uri: str) -> str:
-    """The degradation study if it has runs, else the smoke study (what `make reproduce` ran on a CPU)."""
+def _default_study(uri: str) -> str | None:
+    """Which degradation-grid study the page shows: ``degradation`` if it has runs; none if only the
+    paper's CIFAR study has (what `make reproduce` runs on a CPU); else ``smoke``."""
     mlflow_client = tracking.client(uri)
-    for name in ("degradation", "smoke"):
+
+    def has_runs(name: str) -> bool:
         experiment = mlflow_client.get_experiment_by_name(name)
-        if experiment is not None and mlflow_client.search_runs([experiment.experiment_id], max_results=1):
-            return name
-    return "degradation"
+        return experiment is not None and bool(mlflow_client.search_runs([experiment.experiment_id], max_results=1))
+
+    if has_runs("degradation"):
+        return "degradation"
+    return None if has_runs("cifar-depth") else "smoke"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     option = parser.add_argument
-    option("--study", default="auto", help="degradation study in MLflow (auto: degradation if it has runs, else smoke)")
+    option("--study", default="auto",
+           help="degradation-grid study in MLflow (auto: degradation if it has runs; none if only cifar-depth has; "
+                "else smoke). cifar-depth runs always join the page")
     option("--profile", default=None, help="which profile's runs (default: the most recent)")
     option("--tracking-uri", default=None)
     option("--from-csv", default=None, help="build from a per-epoch CSV written by --csv instead of MLflow")
@@ -338,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         uri = tracking.resolve_tracking_uri(args.tracking_uri)
         study = _default_study(uri) if args.study == "auto" else args.study
-        degradation = collect_runs(study, uri, args.profile)
-        cifar_depth = collect_runs("cifar-depth", uri)
+        cifar_depth = collect_runs("cifar-depth", uri, args.profile if study is None else None)
+        degradation = collect_runs(study, uri, args.profile) if study else cifar_depth.iloc[0:0]
     try:
         report = build_report(degradation, cifar_depth, ui_base=args.ui)
     except ReportError as error:

@@ -9,6 +9,7 @@ executed notebook and log; the others still run, and the outcome lists the failu
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -119,10 +120,12 @@ def visible_gpus() -> list[int]:
 
 
 def _summary(outcome: CellOutcome) -> str:
-    if outcome.final:
-        train_error, test_error = (outcome.final.get(key, float("nan")) for key in ("train_error", "test_error"))
-        return f"train_error {train_error:.2f}%  test_error {test_error:.2f}%"
-    return ""
+    """The cell's final training error (over the last 390 steps where logged) and last test error."""
+    if not outcome.final:
+        return ""
+    final = outcome.final
+    train_error = final.get("final_train_error", final.get("train_error", float("nan")))
+    return f"final train_error {train_error:.2f}%  test_error {final.get('test_error', float('nan')):.2f}%"
 
 
 def run_study(
@@ -140,7 +143,7 @@ def run_study(
     experiment = tracking.experiment_id(study.name, uri)
     mlflow_client = tracking.client(uri)
     gpus = visible_gpus() if gpus is None else gpus
-    jobs = jobs or _default_jobs(gpus)
+    jobs = jobs or study.jobs or _default_jobs(gpus)
     if jobs < 1:
         raise StudyError(f"--jobs must be at least 1, got {jobs}")
     notebook = notebook or project_root() / "notebooks" / "train.ipynb"
@@ -184,6 +187,7 @@ def run_study(
         raise KeyboardInterrupt
 
     previous_handler = signal.signal(signal.SIGTERM, stop_everything)
+    clock = _TimeLeft(jobs)
     try:
         queue = _longest_first(pending)
         while queue or running:
@@ -204,9 +208,9 @@ def run_study(
                 outcome = _collect(cell, process.returncode, output_dir, experiment, uri, mlflow_client, step_before)
                 outcomes[name] = outcome
                 seconds = time.perf_counter() - cell_started
+                clock.finished(cell, seconds)
                 done = len(pending) - len(queue) - len(running)
-                elapsed = time.perf_counter() - launch_started
-                eta = f"{done}/{len(pending)} done, about {elapsed / done * (len(pending) - done) / 60:.0f} min left"
+                eta = f"{done}/{len(pending)} done, {clock.left(queue, [(c, t) for _, c, _, _, t in running.values()])}"
                 if outcome.status == "FINISHED":
                     say(f"  finished {name} in {seconds:.0f}s: {_summary(outcome)}  [{eta}]")
                 else:
@@ -237,20 +241,46 @@ def _longest_first(cells: list[Cell]) -> list[Cell]:
     """Within each seed, the most expensive cells first (multiply-adds x images), so that with
     several jobs the short cells fill the gaps at the end instead of one long cell running alone.
     Seeds stay in order: an interrupted study still holds whole seeds."""
-    from .models import build_model, count_multiply_adds
-
-    cost_per_image: dict[tuple, int] = {}
-
-    def cost(cell: Cell) -> float:
-        key = (cell.config.model, cell.config.shortcut, cell.config.stem)
-        if key not in cost_per_image:
-            cost_per_image[key] = count_multiply_adds(build_model(key[0], shortcut=key[1], stem=key[2]))
-        length = cell.config.iterations or (cell.config.epochs or 1) * 1_000
-        return cost_per_image[key] * length * cell.config.batch_size
-
     seeds = list(dict.fromkeys(cell.config.seed for cell in cells))
     return [cell for seed in seeds
-            for cell in sorted((c for c in cells if c.config.seed == seed), key=cost, reverse=True)]
+            for cell in sorted((c for c in cells if c.config.seed == seed), key=_cost, reverse=True)]
+
+
+@functools.lru_cache(maxsize=None)
+def _multiply_adds(model: str, shortcut: str | None, stem: str) -> int:
+    from .models import build_model, count_multiply_adds
+
+    return count_multiply_adds(build_model(model, shortcut=shortcut, stem=stem))
+
+
+def _cost(cell: Cell) -> float:
+    """A cell's work in multiply-adds: per image, times the images it trains."""
+    length = cell.config.iterations or (cell.config.epochs or 1) * 1_000
+    return _multiply_adds(cell.config.model, cell.config.shortcut, cell.config.stem) * length * cell.config.batch_size
+
+
+class _TimeLeft:
+    """The study's time left, from what the finished cells took per unit of work (_cost): the work
+    still queued plus the unfinished part of the running cells, shared among the jobs."""
+
+    def __init__(self, jobs: int):
+        self.jobs = jobs
+        self.work_done = 0.0
+        self.seconds_spent = 0.0
+
+    def finished(self, cell: Cell, seconds: float) -> None:
+        self.work_done += _cost(cell)
+        self.seconds_spent += seconds
+
+    def left(self, queue: list[Cell], running: list[tuple[Cell, float]]) -> str:
+        if not self.work_done:
+            return "time left not known yet"
+        rate = self.work_done / self.seconds_spent  # work per second of one cell's process
+        now = time.perf_counter()
+        work = sum(map(_cost, queue)) + sum(max(0.0, _cost(c) - (now - started) * rate) for c, started in running)
+        busy = min(self.jobs, len(queue) + len(running))
+        seconds = work / rate / busy if busy else 0.0
+        return f"about {seconds / 60:.1f} min left"
 
 
 def _warm_data_cache(source: str) -> None:

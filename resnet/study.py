@@ -25,7 +25,9 @@ from .config import ConfigError, TrainConfig
 from .paths import project_root
 
 STUDY_KEYS = {"description", "defaults", "grid", "profiles", "default_profile", "extends"}
-PROFILE_KEYS = {"description", "seeds", "settings"}
+# A profile: its seeds, the settings it gives every cell, optionally which models of the grid it runs
+# (``models``) and how many cells run at once (``jobs``) where the command line does not say.
+PROFILE_KEYS = {"description", "seeds", "settings", "models", "jobs"}
 LIST_VALUED_PARAMETERS = {"milestones"}  # a list here is one value, not a set of alternatives
 
 
@@ -60,6 +62,7 @@ class Study:
     profile_description: str
     cells: tuple[Cell, ...]
     definition: dict[str, Any]
+    jobs: int | None = None  # the profile's cells at once, unless the command line says
 
 
 def _read_definition(name: str, folder: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -116,12 +119,23 @@ def load_study(name: str, profile: str | None = None, data: str | None = None, f
     grid = definition.get("grid")
     if not isinstance(grid, list) or not grid:
         raise StudyError(f"study {name!r}: 'grid' must be a non-empty list of parameter maps")
+    models = chosen.get("models")
+    if models is not None:
+        in_grid = {c.get("model") for entry in grid for c in _expand(entry)}
+        if not isinstance(models, list) or not set(models) <= in_grid:
+            raise StudyError(f"profile {profile!r}: models must be a list of the grid's models "
+                             f"({', '.join(sorted(map(str, in_grid)))}), got {models!r}")
+    jobs = chosen.get("jobs")
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
+        raise StudyError(f"profile {profile!r}: jobs must be a positive whole number, got {jobs!r}")
 
     cells, names = [], set()
     # Seed-major order: an interrupted or time-boxed study still holds whole seeds of the grid.
     for seed in seeds:
         for entry in grid:
             for combination in _expand(entry):
+                if models is not None and combination.get("model") not in models:
+                    continue
                 parameters = {**(definition.get("defaults") or {}), **combination, **(chosen.get("settings") or {}),
                               **(overrides or {}), "seed": seed, "study": name}
                 if data is not None:
@@ -142,7 +156,7 @@ def load_study(name: str, profile: str | None = None, data: str | None = None, f
                     config = TrainConfig.from_mapping(parameters)
                 cells.append(Cell(cell_name, parameters, config, error))
     return Study(name, profile, str(definition.get("description", "")).strip(),
-                 str(chosen.get("description", "")).strip(), tuple(cells), definition)
+                 str(chosen.get("description", "")).strip(), tuple(cells), definition, jobs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,9 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     if profile == "auto":
         profile = None
         if not (gpus or visible_gpus()) and name == "degradation":
-            print("No CUDA GPU here: running the 'smoke' study (the degradation grid shrunk for the CPU) instead of "
-                  "the full profile. To force a profile: make reproduce PROFILE=quick (or full).", flush=True)
-            name = "smoke"
+            print("No CUDA GPU here: running the paper's CIFAR experiment in miniature (study cifar-depth, profile "
+                  "laptop) instead of the degradation study's full profile, which needs a GPU. To force it: "
+                  "make reproduce PROFILE=full; the plumbing check: make reproduce STUDY=smoke.", flush=True)
+            name, profile = "cifar-depth", "laptop"
+        elif not (gpus or visible_gpus()) and name == "cifar-depth":
+            profile = "laptop"  # the full profile is 64k iterations per network: days on a CPU
     try:
         study = load_study(name, profile, data=args.data, overrides=overrides, seeds=seeds)
     except StudyError as error:

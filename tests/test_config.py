@@ -48,7 +48,7 @@ def test_precision_auto_resolves_to_bf16_on_cuda_and_fp32_on_the_cpu():
 def test_fingerprint_is_the_identity_of_the_experiment_not_of_where_it_runs():
     base = TrainConfig(model="plain20", epochs=3, schedule="cosine").resolved_for("cpu")
     # The hash of the identity fields, nothing else: 16 hex digits of SHA-256 over sorted JSON.
-    where = ("device", "step_mode", "study", "run_name", "cell")
+    where = ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell")
     identity = {k: v for k, v in base.to_dict().items() if k not in where}
     assert base.fingerprint() == hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     same_experiment = TrainConfig(model="plain20", epochs=3, schedule="cosine", device="cpu", study="elsewhere",
@@ -73,7 +73,7 @@ def _hash(identity: dict) -> str:
 
 
 def test_legacy_fingerprints_are_the_identities_earlier_versions_recorded():
-    where = ("device", "step_mode", "study", "run_name", "cell")
+    where = ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell")
     compressed = TrainConfig(model="plain20", iterations=3900, schedule="paper-compressed",
                              normalisation="per-channel").resolved_for("cuda")
     identity = {k: v for k, v in compressed.to_dict().items() if k not in where + ("normalisation",)}
@@ -90,3 +90,24 @@ def test_legacy_fingerprints_are_the_identities_earlier_versions_recorded():
     cosine = TrainConfig(model="plain20", epochs=3, schedule="cosine", normalisation="per-channel").resolved_for("cpu")
     old = {k: v for k, v in cosine.to_dict().items() if k not in where + ("normalisation", "precision")}
     assert _hash(old) in cosine.legacy_fingerprints()
+
+
+def test_best_precision_is_bf16_where_the_hardware_computes_it_else_fp32(monkeypatch):
+    from resnet import config as config_module
+
+    assert resolve_precision("best", "cuda") == "bf16"
+    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("best", "cpu") == "bf16"
+    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("best", "cpu") == "fp32"
+    assert TrainConfig(precision="best").resolved_for("cpu").precision == "fp32"
+
+
+def test_threads_and_evaluation_frequency_are_not_part_of_the_identity():
+    base = TrainConfig(model="plain20", epochs=3, schedule="cosine").resolved_for("cpu")
+    other = TrainConfig(model="plain20", epochs=3, schedule="cosine", threads=1, eval_every=2).resolved_for("cpu")
+    assert other.fingerprint() == base.fingerprint()
+    with pytest.raises(ConfigError, match="eval_every: must be a positive whole number of epochs, got 0"):
+        TrainConfig(eval_every=0)
+    with pytest.raises(ConfigError, match="threads: must be a positive whole number or None, got 0"):
+        TrainConfig(threads=0)

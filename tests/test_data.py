@@ -175,5 +175,11 @@ def test_synthetic_and_splits():
     assert len(held.train_labels) == 150 and len(held.test_labels) == 50
     small = subset(data, 64, 8)
     assert len(small.train_labels) == 64 and len(small.test_labels) == 8
+    # Class-balanced: 64 = 6 x 10 + 4, so the first four classes get one more.
+    assert torch.bincount(small.train_labels, minlength=10).tolist() == [7, 7, 7, 7, 6, 6, 6, 6, 6, 6]
+    assert torch.bincount(small.test_labels, minlength=10).tolist() == [1] * 8 + [0, 0]
+    assert small.train_labels[:10].tolist() != sorted(small.train_labels[:10].tolist())  # classes interleaved
+    again = subset(data, 64, 8)
+    assert torch.equal(again.train_images, small.train_images)  # the same subset every time
     with pytest.raises(DataError, match="whole number"):
         load_cifar10("synthetic:lots")

@@ -28,7 +28,7 @@ def _curve(final: float) -> list[float]:
 
 
 def _make_store(uri: str, finals: dict, study: str = "degradation", status: str = "FINISHED", skip=(),
-                diagnostics: bool = True) -> None:
+                diagnostics: bool = True, profile: str = "quick") -> None:
     """``finals``: {(model, shortcut): [final training error per seed]}. Each run logs per-epoch
     curves ending at its final value (test error = train error + 10), that value as its
     final_train_error, a first-epoch largest step loss of 3.0 for option A and 1.9 otherwise, and
@@ -36,8 +36,8 @@ def _make_store(uri: str, finals: dict, study: str = "degradation", status: str 
     client = tracking.client(tracking.prepare_store(uri))
     experiment = tracking.experiment_id(study, uri)
     parent = client.create_run(
-        experiment, run_name=f"{study}-quick",
-        tags={tracking.ROLE_TAG: tracking.ROLE_STUDY, tracking.PROFILE_TAG: "quick"},
+        experiment, run_name=f"{study}-{profile}",
+        tags={tracking.ROLE_TAG: tracking.ROLE_STUDY, tracking.PROFILE_TAG: profile},
     ).info.run_id
     for (model, shortcut), values in finals.items():
         network = build_model(model, shortcut=None if shortcut == "none" else shortcut)
@@ -267,3 +267,22 @@ def test_report_renders_in_headless_chromium_with_all_images_and_no_errors(store
     assert len(widths) == 3 and all(width > 500 for width in widths)
     assert console_errors == []
     assert all(url.startswith(("file:", "data:")) for url in requests), requests
+
+
+def test_the_laptop_miniature_says_what_it_is_and_the_default_page_leaves_smoke_runs_out(store, tmp_path):
+    _make_store(store, {("plain18", "none"): [5.0], ("plain34", "none"): [6.0]}, study="smoke", profile="smoke")
+    miniature = {("plain20", "none"): [60.0, 58.0, 61.0], ("plain56", "none"): [80.0, 79.0, 82.0],
+                 ("resnet20", "A"): [55.0, 54.0, 57.0], ("resnet56", "A"): [84.0, 82.5, 86.5]}
+    _make_store(store, miniature, study="cifar-depth", profile="laptop")
+    output = tmp_path / "degradation.html"
+    assert main(["--tracking-uri", store, "--output", str(output), "--figures-dir", str(tmp_path / "f")]) == 0
+    text = " ".join(output.read_text().split())
+    assert "A miniature, run on a CPU" in text and "it is not the paper&#39;s final result" not in text
+    assert "it is not the paper's final result" in text
+    assert "study <code>cifar-depth</code>, profile <code>laptop</code>" in text  # the smoke runs are not on it
+    verdicts = re.findall(r'<p class="verdict [a-z]+">([^<]+)</p>', output.read_text())
+    assert [v.split(".")[0] for v in verdicts] == [
+        "Yes: plain-56 trains worse than plain-20 (the degradation problem)",
+        "No: ResNet-56 (A) trains better than plain-56 (option A)",
+        "No: ResNet-56 (A) trains better than ResNet-20 (A) (option A)"]
+    assert sorted(p.name for p in (tmp_path / "f").glob("*.png")) == ["figure6.png", "figure7-cifar.png"]

@@ -191,3 +191,36 @@ def test_precision_set_on_the_command_line_makes_its_own_finished_cells(store, t
     cells = [r for r in _runs(store, "tiny") if r.data.tags.get(tracking.ROLE_TAG) == tracking.ROLE_CELL]
     assert sorted(r.data.params["precision"] for r in cells) == ["bf16", "fp32"]
     assert all(r.info.status == "FINISHED" for r in cells)
+
+
+def test_the_laptop_profile_is_the_papers_cifar_experiment_in_miniature():
+    study = load_study("cifar-depth", "laptop")
+    assert study.jobs == 2 and len(study.cells) == 4 * 3
+    assert [c.name for c in study.cells[:4]] == ["plain20-s0", "plain56-s0", "resnet20-A-s0", "resnet56-A-s0"]
+    config = study.cells[0].config
+    # The paper's recipe, unchanged; what the profile cuts is the data, the length and the networks.
+    assert (config.lr, config.momentum, config.weight_decay, config.batch_size) == (0.1, 0.9, 1e-4, 128)
+    assert (config.schedule, config.normalisation, config.warmup) == ("paper", "per-pixel", False)
+    assert (config.iterations, config.train_subset, config.test_subset) == (234, 5000, 2000)
+    assert (config.precision, config.threads, config.eval_every) == ("best", 1, 2)
+    assert sorted({c.config.seed for c in study.cells}) == [0, 1, 2]
+
+
+def test_without_a_gpu_make_reproduce_runs_the_laptop_profile(monkeypatch, capsys):
+    monkeypatch.setattr("resnet.runner.visible_gpus", lambda: [])
+    assert main(["--list"]) == 0
+    printed = capsys.readouterr().out
+    assert "study cifar-depth, profile laptop" in printed
+    assert printed.count("-s") == 12 and "resnet56-A-s2" in printed and "plain18" not in printed
+
+
+def test_profile_models_and_jobs_are_checked(tmp_path):
+    (tmp_path / "odd.yaml").write_text(
+        "grid: [{model: [resnet20, plain20]}]\nprofiles:\n  a: {models: [plain56]}\n  b: {jobs: 0}\n"
+        "  c: {models: [plain20], jobs: 3}\n")
+    with pytest.raises(StudyError, match="models must be a list of the grid's models \\(plain20, resnet20\\)"):
+        load_study(str(tmp_path / "odd.yaml"), "a")
+    with pytest.raises(StudyError, match="jobs must be a positive whole number, got 0"):
+        load_study(str(tmp_path / "odd.yaml"), "b")
+    chosen = load_study(str(tmp_path / "odd.yaml"), "c")
+    assert [c.name for c in chosen.cells] == ["plain20-s0"] and chosen.jobs == 3

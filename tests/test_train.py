@@ -210,3 +210,17 @@ def test_diagnostics_record_the_stage_output_std_at_initialisation_and_at_the_en
             assert [m.step for m in history] == [step] and history[0].value > 0
     assert metrics["stage_std_init_layer3"] != metrics["stage_std_final_layer3"]
     assert len([key for key in metrics if key.startswith("response_std_")]) == 18
+
+
+def test_the_test_set_is_evaluated_every_eval_every_epochs_and_at_the_end(store):
+    threads = torch.get_num_threads()
+    try:
+        result = train(TrainConfig(**TINY, epochs=5, schedule="cosine", eval_every=2, diagnostics=True, threads=1),
+                       tracking_uri=store, progress=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert [("test_error" in row) for row in result.history] == [False, True, False, True, True]
+    assert [("response_std_layer3.2.bn2" in row) for row in result.history] == [False, True, False, True, True]
+    history = tracking.client(store).get_metric_history(result.run_id, "test_error")
+    assert sorted(m.step for m in history) == [2, 4, 5]
