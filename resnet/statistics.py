@@ -15,6 +15,7 @@ seeds decide little, and the verdict says so rather than round up.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import pandas as pd
@@ -72,8 +73,12 @@ class PairedDifference:
         if len(seeds) < 2:
             mean = differences[0] if differences else math.nan
             return cls(differences, mean, math.nan, math.nan, math.nan)
-        test = stats.ttest_rel(second[seeds].to_numpy(), first[seeds].to_numpy())
-        interval = test.confidence_interval(CONFIDENCE)
+        with warnings.catch_warnings():
+            # Differences that are (nearly) all equal leave no spread to estimate: scipy warns and
+            # returns an undefined interval, which the verdict reads as "Not decided".
+            warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+            test = stats.ttest_rel(second[seeds].to_numpy(), first[seeds].to_numpy())
+            interval = test.confidence_interval(CONFIDENCE)
         return cls(differences, float(sum(differences) / len(differences)), float(interval.low),
                    float(interval.high), float(test.pvalue))
 
