@@ -18,6 +18,7 @@ from typing import Any
 
 from . import paper
 from .models import architecture, check_stem, resolve_shortcut
+from .tracking import LEGACY_NORMALISATION, LEGACY_SCHEDULE_NAMES
 
 SCHEDULES = ("paper", "paper-compressed", "multistep", "cosine")
 STEP_MODES = ("auto", "eager", "cuda-graph")
@@ -169,15 +170,14 @@ class TrainConfig:
         predate the precision setting (they ran bf16 on CUDA and fp32 on the CPU: the caller checks the
         run's device).
 
-        Before normalisation was a setting every run was per-channel, and the schedule then called
-        ``paper`` compressed the drops into the run's length: it is today's ``paper-compressed``. No
-        earlier run can be today's ``paper``, stopped early."""
-        if self.normalisation != "per-channel" or self.schedule == "paper":
+        What earlier runs were is ``tracking.LEGACY_*``: per-channel, and their ``paper`` schedule is
+        today's ``paper-compressed``; no earlier run can be today's ``paper``, stopped early."""
+        recorded_names = {today: recorded for recorded, today in LEGACY_SCHEDULE_NAMES.items()}
+        if self.normalisation != LEGACY_NORMALISATION or self.schedule in LEGACY_SCHEDULE_NAMES:
             return {}
         identity = self._identity()
         del identity["normalisation"]
-        if identity["schedule"] == "paper-compressed":
-            identity["schedule"] = "paper"
+        identity["schedule"] = recorded_names.get(identity["schedule"], identity["schedule"])
         with_precision = _hash(identity)
         del identity["precision"]
         return {_hash(identity): True, with_precision: False}

@@ -189,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     name, profile = args.study, args.profile
     if profile == "auto":
         profile = None
-        if not (gpus or visible_gpus()) and name == "degradation":
+        without_gpu = not (gpus or visible_gpus())
+        if without_gpu and name == "degradation":
             print("No CUDA GPU here: running the paper's CIFAR experiment in miniature (study cifar-depth, profile "
                   "laptop) instead of the degradation study's full profile, which needs a GPU. To force it: "
                   "make reproduce PROFILE=full; the plumbing check: make reproduce STUDY=smoke.", flush=True)
             name, profile = "cifar-depth", "laptop"
-        elif not (gpus or visible_gpus()) and name == "cifar-depth":
+        elif without_gpu and name == "cifar-depth":
             profile = "laptop"  # the full profile is 64k iterations per network: days on a CPU
     try:
         study = load_study(name, profile, data=args.data, overrides=overrides, seeds=seeds)

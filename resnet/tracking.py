@@ -59,6 +59,12 @@ def ui_run_url(ui_base: str, experiment: str, run_id: str) -> str:
     return f"{ui_base}/#/experiments/{experiment}/runs/{run_id}?{UI_WORKFLOW}"
 
 
+# How runs recorded before normalisation was a setting read today: all were per-channel, and the
+# schedule they called "paper" compressed its drops into the run (today's "paper-compressed").
+LEGACY_NORMALISATION = "per-channel"
+LEGACY_SCHEDULE_NAMES = {"paper": "paper-compressed"}  # recorded name -> today's name
+
+
 def legacy_precision(device_tag: str) -> str:
     """The precision a run recorded before precision was a setting ran in, from its device tag:
     bf16 autocast on CUDA, fp32 on the CPU."""
@@ -67,14 +73,12 @@ def legacy_precision(device_tag: str) -> str:
 
 def recorded_settings(params: dict[str, str], device_tag: str) -> dict[str, str]:
     """A run's schedule, precision and normalisation as it ran, also when an earlier version
-    recorded it: before normalisation was a setting every run was per-channel and the schedule
-    called ``paper`` compressed its drops into the run (today's ``paper-compressed``); before
-    precision was a setting, see :func:`legacy_precision`."""
+    recorded it (``LEGACY_*`` above; before precision was a setting, see :func:`legacy_precision`)."""
     schedule = str(params.get("schedule", ""))
-    if "normalisation" not in params and schedule == "paper":
-        schedule = "paper-compressed"
+    if "normalisation" not in params:
+        schedule = LEGACY_SCHEDULE_NAMES.get(schedule, schedule)
     return {"schedule": schedule, "precision": str(params.get("precision", legacy_precision(device_tag))),
-            "normalisation": str(params.get("normalisation", "per-channel"))}
+            "normalisation": str(params.get("normalisation", LEGACY_NORMALISATION))}
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
