@@ -13,6 +13,11 @@ DATA    ?=
 JOBS    ?=
 GPUS    ?=
 PORT    ?= 5000
+# make server: where it listens and what it stores (README, "On a cluster")
+HOST      ?= 127.0.0.1
+BACKEND   ?=
+ARTIFACTS ?=
+WORKERS   ?=
 MODELS  ?= resnet18,resnet34
 
 # A real file target: the venv is rebuilt only when pyproject.toml changes.
@@ -23,7 +28,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,cluster]'
+	touch $@
+
+$(VENV)/.installed-cluster: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[cluster]'
 	touch $@
 
 .PHONY: help
@@ -32,19 +41,25 @@ help: ## Show this help
 	@echo
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 	@echo
-	@echo "Variables: STUDY=$(STUDY) PROFILE=<auto> DATA=<download> JOBS=<auto> GPUS=<auto> PORT=$(PORT)"
+	@echo "Variables: STUDY=$(STUDY) PROFILE=<auto> DATA=<download> JOBS=<auto> GPUS=<auto> PORT=$(PORT) HOST=$(HOST)"
 
 .PHONY: setup
 setup: $(VENV)/.installed ## Create .venv with the package installed (editable)
 
+# On a cluster (README, "On a cluster"): EXECUTOR=slurm SLURM="partition=gpu time=120" RUNS_DIR=/shared/runs
+EXECUTOR ?= local
+SLURM    ?=
+RUNS_DIR ?=
 STUDY_ARGS = --study $(STUDY) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA)) \
-             $(if $(JOBS),--jobs $(JOBS)) $(if $(GPUS),--gpus $(GPUS))
+             $(if $(JOBS),--jobs $(JOBS)) $(if $(GPUS),--gpus $(GPUS)) --executor $(EXECUTOR) \
+             $(foreach option,$(SLURM),--slurm $(option)) $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR))
+STUDY_VENV = $(if $(filter slurm,$(EXECUTOR)),$(VENV)/.installed-cluster,$(VENV)/.installed)
 
 .PHONY: reproduce
-reproduce: $(VENV)/.installed ## Run the study into MLflow (GPU: degradation, full; CPU: cifar-depth, laptop), then the report
+reproduce: $(STUDY_VENV) ## Run the study into MLflow (GPU: degradation, full; CPU: cifar-depth, laptop), then the report
 	@status=0; $(BIN)/python -m resnet.study $(STUDY_ARGS) || status=$$?; \
 	if [ $$status -ne 130 ]; then $(BIN)/python -m resnet.report || { [ $$status -ne 0 ] || status=1; }; fi; \
-	echo; echo "Browse the runs: make ui   (MLflow on http://127.0.0.1:$(PORT))"; exit $$status
+	echo; echo "Browse the runs: $${MLFLOW_TRACKING_URI:-make ui   (MLflow on http://127.0.0.1:$(PORT))}"; exit $$status
 
 # The report is a real file: rebuilt when the package changes or the store has new runs.
 reports/degradation.html: $(VENV)/.installed $(wildcard resnet/*.py resnet/templates/*) $(wildcard mlflow.db)
@@ -57,17 +72,27 @@ report: reports/degradation.html ## Build reports/degradation.html from the fini
 ui: $(VENV)/.installed ## Serve the MLflow UI for this project's store on 127.0.0.1 (PORT=5000)
 	$(BIN)/python -m resnet.ui --port $(PORT)
 
-# Debian's Chromium renders the report in the browser test; installed once, here as in CI.
-.PHONY: chromium
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+.PHONY: server
+server: $(VENV)/.installed-cluster ## MLflow server for a cluster: HOST=127.0.0.1 PORT=5000 BACKEND=<sqlite file> (off loopback: MLFLOW_AUTH_ADMIN_PASSWORD)
+	$(BIN)/python -m resnet.server --host $(HOST) --port $(PORT) $(if $(BACKEND),--backend $(BACKEND)) \
+	    $(if $(ARTIFACTS),--artifacts $(ARTIFACTS)) $(if $(WORKERS),--workers $(WORKERS))
+
+# Debian's packages the tests run for real: Chromium renders the report in the browser test; munge,
+# Slurm and PostgreSQL make the one-node cluster of the cluster tests. Installed once, here as in CI.
+TEST_PACKAGES := chromium munge slurmctld slurmd slurm-client postgresql
+TEST_PROGRAMS := chromium munged slurmctld slurmd sbatch pg_ctlcluster
+.PHONY: test-packages
+test-packages:
+	@for program in $(TEST_PROGRAMS); do command -v $$program >/dev/null 2>&1 || missing=1; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES) >/dev/null; fi
 
 .PHONY: lint
 lint: $(VENV)/.installed-test ## Check style with ruff (lines up to 120 characters, pyflakes, import order)
 	$(BIN)/ruff check resnet tests
 
 .PHONY: test
-test: lint chromium ## Lint, then run the test suite (CPU only, a few minutes)
+test: lint test-packages ## Lint, then run the test suite (CPU only, a few minutes)
 	$(BIN)/python -m pytest
 
 .PHONY: clean

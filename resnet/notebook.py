@@ -7,10 +7,18 @@ rejects the unknown or mistyped ones before any work starts.
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 from .config import ConfigError, TrainConfig
 from .train import TrainResult, train
+
+# The study runner starts papermill deaf to SIGTERM, and the kernel inherits that: make SIGTERM stop
+# the kernel again (during training it stops the run cleanly: train's _StopSignals). SIGUSR2 stays
+# ignored outside training, so Slurm's time-limit warning never kills a kernel outright.
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 # Parameters the notebook takes besides the TrainConfig fields.
 RUNNER_OPTIONS = ("tracking_uri", "parent_run_id", "progress")

@@ -340,20 +340,24 @@ def main(argv: list[str] | None = None) -> int:
     option("--output", default=str(project_root() / "reports" / "degradation.html"))
     option("--figures-dir", default=None, help="where PNG and SVG copies go (default: figures/ beside the output)")
     option("--csv", default=None, help="also write every run's per-epoch metrics to this CSV")
-    option("--ui", default=DEFAULT_UI, help="MLflow UI address for the run links")
+    option("--ui", default=None,
+           help=f"MLflow UI address for the run links (default: the tracking server, else {DEFAULT_UI})")
     args = parser.parse_args(argv)
 
+    ui_base = args.ui or DEFAULT_UI
     if args.from_csv:
         table = read_csv(args.from_csv)
         degradation = table[table["study"] != "cifar-depth"]
         cifar_depth = table[table["study"] == "cifar-depth"]
     else:
         uri = tracking.resolve_tracking_uri(args.tracking_uri)
+        if args.ui is None and uri.startswith(("http://", "https://")):
+            ui_base = uri.rstrip("/")  # a tracking server serves its UI too
         study = _default_study(uri) if args.study == "auto" else args.study
         cifar_depth = collect_runs("cifar-depth", uri, args.profile if study is None else None)
         degradation = collect_runs(study, uri, args.profile) if study else cifar_depth.iloc[0:0]
     try:
-        report = build_report(degradation, cifar_depth, ui_base=args.ui)
+        report = build_report(degradation, cifar_depth, ui_base=ui_base)
     except ReportError as error:
         print(f"report: {error}", file=sys.stderr)
         return 1

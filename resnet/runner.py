@@ -26,6 +26,7 @@ import yaml
 from . import paper, tracking
 from .config import TrainConfig
 from .paths import project_root, runs_dir
+from .study import DEFAULT_CELLS_PER_JOB as CELLS_PER_GPU
 from .study import Cell, Study, StudyError
 
 
@@ -88,7 +89,7 @@ def _last_step(run) -> int:
     return int(run.data.metrics.get("step", 0)) if run is not None else 0
 
 
-def _parent_run(experiment: str, study: Study, uri: str, options: dict[str, Any]) -> str:
+def parent_run(experiment: str, study: Study, uri: str, options: dict[str, Any]) -> str:
     mlflow_client = tracking.client(uri)
     existing = tracking.find_runs(experiment, uri, **{tracking.ROLE_TAG: tracking.ROLE_STUDY,
                                                        tracking.PROFILE_TAG: study.profile})
@@ -107,7 +108,7 @@ def _parent_run(experiment: str, study: Study, uri: str, options: dict[str, Any]
 def _default_jobs(gpus: list[int]) -> int:
     # A batch-128 CIFAR run leaves a large GPU mostly idle: run several per GPU. On the CPU one
     # run already uses every core.
-    return 4 * len(gpus) if gpus else 1
+    return CELLS_PER_GPU * len(gpus) if gpus else 1
 
 
 def visible_gpus() -> list[int]:
@@ -128,6 +129,29 @@ def _summary(outcome: CellOutcome) -> str:
     return f"final train_error {train_error:.2f}%  test_error {final.get('test_error', float('nan')):.2f}%"
 
 
+def plan(study: Study, gpus: list[int], uri: str, experiment: str, say=print) -> tuple[dict[str, CellOutcome],
+                                                                                      list[Cell]]:
+    """What is left to do: each cell with its precision resolved for the device it will get, the
+    invalid and the already finished ones as outcomes, the rest pending (in the study's order)."""
+    outcomes: dict[str, CellOutcome] = {}
+    pending: list[Cell] = []
+    for cell in study.cells:
+        if cell.config is not None:  # as it will run: its precision decided for the device it gets
+            cell = replace(cell, config=cell.config.resolved_for(_device_type(cell.config, gpus)))
+        if cell.config is None:
+            outcomes[cell.name] = CellOutcome(cell, "INVALID", message=cell.error or "invalid parameters")
+            say(f"  invalid  {cell.name}: {cell.error}")
+            continue
+        finished, _ = _finished_run(experiment, cell.config, uri)
+        if finished is not None:
+            outcome = CellOutcome(cell, "SKIPPED", run_id=finished.info.run_id, final=finished.data.metrics)
+            outcomes[cell.name] = outcome
+            say(f"  done     {cell.name} (finished earlier: {_summary(outcome)})")
+        else:
+            pending.append(cell)
+    return outcomes, pending
+
+
 def run_study(
     study: Study,
     *,
@@ -143,98 +167,164 @@ def run_study(
     experiment = tracking.experiment_id(study.name, uri)
     mlflow_client = tracking.client(uri)
     gpus = visible_gpus() if gpus is None else gpus
-    jobs = jobs or study.jobs or _default_jobs(gpus)
+    jobs = jobs if jobs is not None else study.jobs or _default_jobs(gpus)
     if jobs < 1:
         raise StudyError(f"--jobs must be at least 1, got {jobs}")
-    notebook = notebook or project_root() / "notebooks" / "train.ipynb"
-    output_dir = output_dir or runs_dir() / study.name
-    output_dir.mkdir(parents=True, exist_ok=True)
 
     print(f"study {study.name} / profile {study.profile}: {len(study.cells)} cells; {jobs} at a time"
           f"{' on GPUs ' + ','.join(map(str, gpus)) if gpus else ' on the CPU'}; MLflow {uri}", flush=True)
-    outcomes: dict[str, CellOutcome] = {}
-    pending: list[Cell] = []
-    for cell in study.cells:
-        if cell.config is not None:  # as it will run: its precision decided for the device it gets
-            cell = replace(cell, config=cell.config.resolved_for(_device_type(cell.config, gpus)))
-        if cell.config is None:
-            outcomes[cell.name] = CellOutcome(cell, "INVALID", message=cell.error or "invalid parameters")
-            print(f"  invalid  {cell.name}: {cell.error}", flush=True)
-            continue
-        finished, _ = _finished_run(experiment, cell.config, uri)
-        if finished is not None:
-            outcome = CellOutcome(cell, "SKIPPED", run_id=finished.info.run_id, final=finished.data.metrics)
-            outcomes[cell.name] = outcome
-            print(f"  done     {cell.name} (finished earlier: {_summary(outcome)})", flush=True)
-        else:
-            pending.append(cell)
-
+    outcomes, pending = plan(study, gpus, uri, experiment)
     for source in dict.fromkeys(cell.config.data for cell in pending):
-        _warm_data_cache(source)
-    parent = _parent_run(experiment, study, uri, {"profile": study.profile, "jobs": jobs, "cells": len(study.cells),
-                                                   "data": pending[0].config.data if pending else ""})
-    running: dict[str, tuple[subprocess.Popen, Cell, Any, int, float]] = {}
-    slots = itertools.cycle(gpus) if gpus else None
-    bar = _overall_bar(progress, len(pending))
-
-    def say(line: str) -> None:
-        (bar.write if bar is not None else print)(line)
-        sys.stdout.flush()
-    interrupted = False
+        warm_data_cache(source)
+    parent = parent_run(experiment, study, uri, {"profile": study.profile, "jobs": jobs, "cells": len(study.cells),
+                                                 "data": pending[0].config.data if pending else ""})
+    pool = CellPool(uri, experiment, parent, jobs, gpus, notebook=notebook, output_dir=output_dir,
+                    study_name=study.name)
     launch_started = time.perf_counter()
-
-    def stop_everything(signum, frame):
-        raise KeyboardInterrupt
-
-    previous_handler = signal.signal(signal.SIGTERM, stop_everything)
-    clock = _TimeLeft(jobs)
-    try:
-        queue = _longest_first(pending)
-        while queue or running:
-            while queue and len(running) < jobs:
-                cell = queue.pop(0)
-                _, latest = _finished_run(experiment, cell.config, uri)
-                gpu = next(slots) if slots else None
-                process, log = _launch(cell, notebook, output_dir, uri, parent, gpu)
-                running[cell.name] = (process, cell, log, _last_step(latest), time.perf_counter())
-                say(f"  start    {cell.name}{f' on GPU {gpu}' if gpu is not None else ''}"
-                    f"{' (resuming)' if latest is not None and latest.info.status != tracking.STATUS_FINISHED else ''}")
-            time.sleep(0.2)
-            for name, (process, cell, log, step_before, cell_started) in list(running.items()):
-                if process.poll() is None:
-                    continue
-                del running[name]
-                log.close()
-                outcome = _collect(cell, process.returncode, output_dir, experiment, uri, mlflow_client, step_before)
-                outcomes[name] = outcome
-                seconds = time.perf_counter() - cell_started
-                clock.finished(cell, seconds)
-                done = len(pending) - len(queue) - len(running)
-                eta = f"{done}/{len(pending)} done, {clock.left(queue, [(c, t) for _, c, _, _, t in running.values()])}"
-                if outcome.status == "FINISHED":
-                    say(f"  finished {name} in {seconds:.0f}s: {_summary(outcome)}  [{eta}]")
-                else:
-                    say(f"  FAILED   {name} after {seconds:.0f}s: {outcome.message}  [{eta}]")
-                if bar is not None:
-                    bar.update(1)
-    except KeyboardInterrupt:
-        interrupted = True
-        for process, *_ in running.values():
-            _terminate(process)
-        print("\ninterrupted: finished cells are kept; rerun the same command to resume the rest.", flush=True)
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-        if bar is not None:
-            bar.close()
-
+    outcomes.update(pool.run(pending, progress))
     wall = time.perf_counter() - started
     ordered = [outcomes[c.name] for c in study.cells if c.name in outcomes]
-    result = StudyOutcome(study, parent, ordered, wall, interrupted)
+    result = StudyOutcome(study, parent, ordered, wall, pool.interrupted)
     launch_seconds = time.perf_counter() - launch_started
-    status = "KILLED" if interrupted else ("FAILED" if result.failed else "FINISHED")
+    status = "KILLED" if pool.interrupted else ("FAILED" if result.failed else "FINISHED")
     _close_parent(mlflow_client, parent, result, launch_seconds, status)
     _print_summary(result, launch_seconds)
     return result
+
+
+class CellPool:
+    """Cells as papermill processes, ``jobs`` at a time, spread over ``gpus``: the local runner's
+    pool, and what each Slurm job runs on its GPU (``resnet.slurm``).
+
+    ``stop()`` asks every running cell to stop cleanly (its run marked KILLED, its last epoch
+    checkpoint kept) and waits for it; the pool then reports itself interrupted."""
+
+    def __init__(self, uri: str, experiment: str, parent: str, jobs: int, gpus: list[int], *,
+                 notebook: Path | None = None, output_dir: Path | None = None, study_name: str = ""):
+        self.uri, self.experiment, self.parent, self.jobs, self.gpus = uri, experiment, parent, jobs, gpus
+        self.notebook = notebook or project_root() / "notebooks" / "train.ipynb"
+        self.output_dir = output_dir or runs_dir() / study_name
+        self.running: dict[str, tuple[subprocess.Popen, Cell, Any, int, float]] = {}
+        self.interrupted = False
+
+    def run(self, pending: list[Cell], progress: bool = True) -> dict[str, CellOutcome]:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        mlflow_client = tracking.client(self.uri)
+        outcomes: dict[str, CellOutcome] = {}
+        slots = itertools.cycle(self.gpus) if self.gpus else None
+        bar = _overall_bar(progress, len(pending))
+
+        def say(line: str) -> None:
+            (bar.write if bar is not None else print)(line)
+            sys.stdout.flush()
+
+        def stop_everything(signum, frame):
+            raise KeyboardInterrupt
+
+        previous_handler = signal.signal(signal.SIGTERM, stop_everything)
+        clock = _TimeLeft(self.jobs)
+        try:
+            queue = _longest_first(pending)
+            while queue or self.running:
+                while queue and len(self.running) < self.jobs and not self.interrupted:
+                    cell = queue.pop(0)
+                    _, latest = _finished_run(self.experiment, cell.config, self.uri)
+                    gpu = next(slots) if slots else None
+                    process, log = _launch(cell, self.notebook, self.output_dir, self.uri, self.parent, gpu)
+                    self.running[cell.name] = (process, cell, log, _last_step(latest), time.perf_counter())
+                    resuming = latest is not None and latest.info.status != tracking.STATUS_FINISHED
+                    say(f"  start    {cell.name}{f' on GPU {gpu}' if gpu is not None else ''}"
+                        f"{' (resuming)' if resuming else ''}")
+                if self.interrupted and not self.running:
+                    break
+                time.sleep(0.2)
+                for name, (process, cell, log, step_before, cell_started) in list(self.running.items()):
+                    if process.poll() is None:
+                        continue
+                    del self.running[name]
+                    log.close()
+                    outcome = _collect(cell, process.returncode, self.output_dir, self.experiment, self.uri,
+                                       mlflow_client, step_before)
+                    outcomes[name] = outcome
+                    seconds = time.perf_counter() - cell_started
+                    clock.finished(cell, seconds)
+                    done = len(pending) - len(queue) - len(self.running)
+                    eta = clock.left(queue, [(c, t) for _, c, _, _, t in self.running.values()])
+                    eta = f"{done}/{len(pending)} done, {eta}"
+                    if outcome.status == "FINISHED":
+                        say(f"  finished {name} in {seconds:.0f}s: {_summary(outcome)}  [{eta}]")
+                    else:
+                        say(f"  FAILED   {name} after {seconds:.0f}s: {outcome.message}  [{eta}]")
+                    if bar is not None:
+                        bar.update(1)
+        except KeyboardInterrupt:
+            self.stop()
+            print("\ninterrupted: finished cells are kept; rerun the same command to resume the rest.", flush=True)
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            if bar is not None:
+                bar.close()
+        return outcomes
+
+    def stop(self) -> None:
+        """Stop every running cell cleanly and wait for it: SIGTERM to its kernel, which marks the run
+        KILLED and keeps the checkpoint of its last epoch (``train``); SIGKILL for what still runs
+        after ``CELL_STOP_SECONDS``. The kernel runs in a session of its own (jupyter_client starts it
+        so), so a signal to the runner or to papermill's group never reaches it: it is passed on here.
+        Papermill itself ignores the stop signals (``_papermill_deaf_to_stop_signals``): were it to
+        die first, the kernel would shut itself down within a second, before its run is recorded."""
+        self.interrupted = True
+        cells = [(process, _child_pids(process.pid)) for process, *_ in self.running.values()]
+        for _, kernels in cells:
+            for pid in kernels:
+                _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + CELL_STOP_SECONDS
+        for process, kernels in cells:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                while any(map(_alive, kernels)) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            except subprocess.TimeoutExpired:
+                pass
+            for pid in [process.pid, *kernels]:
+                if _alive(pid):
+                    _signal_group(pid, signal.SIGKILL)
+
+
+# A cell marks its run KILLED within a second or two of the signal (an epoch's checkpoint is
+# already on disk); Slurm's default KillWait before SIGKILL is 30 s.
+CELL_STOP_SECONDS = 20
+
+
+def _child_pids(pid: int) -> list[int]:
+    """The direct children of process ``pid`` (Linux /proc; empty elsewhere)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie has finished)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _longest_first(cells: list[Cell]) -> list[Cell]:
@@ -283,7 +373,7 @@ class _TimeLeft:
         return f"about {seconds / 60:.1f} min left"
 
 
-def _warm_data_cache(source: str) -> None:
+def warm_data_cache(source: str) -> None:
     """Decode (or download) the data once here, so parallel cells all start from the cache."""
     if source.startswith("synthetic"):
         return
@@ -301,10 +391,10 @@ def _launch(cell: Cell, notebook: Path, output_dir: Path, uri: str, parent: str,
     parameter_file = output_dir / f"{cell.name}.parameters.yaml"
     parameter_file.write_text(yaml.safe_dump(parameters, sort_keys=False))
     log = open(output_dir / f"{cell.name}.log", "w")
-    environment = dict(os.environ, PYTHONUNBUFFERED="1")
+    environment = cell_environment()
     if gpu is not None:
         environment["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    command = [sys.executable, "-m", "papermill", str(notebook), str(output_dir / f"{cell.name}.ipynb"),
+    command = [sys.executable, "-m", "resnet.runner", str(notebook), str(output_dir / f"{cell.name}.ipynb"),
                "-f", str(parameter_file), "--cwd", str(project_root()), "-k", "python3", "--log-output",
                "--no-progress-bar"]
     # Its own process group, so that stopping the study also stops the cell's kernel.
@@ -312,15 +402,16 @@ def _launch(cell: Cell, notebook: Path, output_dir: Path, uri: str, parent: str,
     return process, log
 
 
-def _terminate(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def cell_environment() -> dict[str, str]:
+    """The environment a cell process starts with: this one, minus what would make it log into
+    somebody else's run. ``MLFLOW_RUN_ID`` (set by ``mlflow run``, or exported by a user) makes
+    MLflow's fluent API resume that run; every cell must get its own."""
+    environment = {key: value for key, value in os.environ.items() if key not in INHERITED_RUN_VARIABLES}
+    environment["PYTHONUNBUFFERED"] = "1"
+    return environment
+
+
+INHERITED_RUN_VARIABLES = ("MLFLOW_RUN_ID",)
 
 
 def _collect(cell: Cell, returncode: int, output_dir: Path, experiment: str, uri: str, mlflow_client,
@@ -407,3 +498,20 @@ def _print_summary(result: StudyOutcome, launch_seconds: float) -> None:
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
+
+
+def _papermill_deaf_to_stop_signals() -> None:
+    """``python -m resnet.runner <papermill arguments>``: papermill for one cell, ignoring SIGTERM and
+    SIGUSR2. Slurm signals every process of a job (cancel, preemption, the time-limit warning) and
+    papermill would die at once, its kernel shutting itself down a second later without recording
+    the stop; so papermill waits for its kernel, which handles both signals (``train``), and the
+    kernel driver puts SIGTERM back to its default on start (``resnet.notebook``)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    from papermill.cli import papermill
+
+    papermill(prog_name="papermill")
+
+
+if __name__ == "__main__":
+    _papermill_deaf_to_stop_signals()

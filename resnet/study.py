@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ STUDY_KEYS = {"description", "defaults", "grid", "profiles", "default_profile", 
 # (``models``) and how many cells run at once (``jobs``) where the command line does not say.
 PROFILE_KEYS = {"description", "seeds", "settings", "models", "jobs"}
 LIST_VALUED_PARAMETERS = {"milestones"}  # a list here is one value, not a set of alternatives
+EXECUTORS = ("local", "slurm")
+# A batch-128 CIFAR run leaves a large GPU mostly idle: the local runner puts this many cells on
+# each GPU, and each Slurm job (one GPU) runs this many at once.
+DEFAULT_CELLS_PER_JOB = 4
 
 
 class StudyError(ValueError):
@@ -174,22 +179,32 @@ def main(argv: list[str] | None = None) -> int:
            help="override a setting of every cell, e.g. --set iterations=9750 or --set precision=fp32 (repeatable)")
     option("--seeds", default=None, help="comma-separated seeds instead of the profile's, e.g. 0,1")
     option("--list", action="store_true", help="print the cells and exit")
+    option("--runs-dir", default=None,
+           help="executed notebooks and checkpoints (default: $RESNET_RUNS_DIR or runs/); on a cluster, a folder "
+                "every node reaches")
+    option("--executor", choices=EXECUTORS, default="local",
+           help="local: a pool on this machine's GPUs; slurm: Slurm jobs through submitit, one GPU and --jobs "
+                f"cells (default {DEFAULT_CELLS_PER_JOB}) each, logging to an MLflow server")
+    option("--slurm", action="append", default=[], metavar="KEY=VALUE",
+           help="a submitit Slurm parameter, e.g. --slurm partition=gpu --slurm time=120 (repeatable)")
+    option("--detach", action="store_true", help="slurm: submit and return at once (rerun to watch)")
     args = parser.parse_args(argv)
+    if args.executor != "slurm" and (args.slurm or args.detach):
+        parser.error("--slurm and --detach go with --executor slurm")
+    if args.runs_dir:
+        os.environ["RESNET_RUNS_DIR"] = str(Path(args.runs_dir).resolve())  # for this process and its cells
 
     gpus = _whole_numbers(parser, "--gpus", args.gpus, "indices such as 0,1")
     seeds = _whole_numbers(parser, "--seeds", args.seeds, "whole numbers such as 0,1")
-    overrides = {}
-    for item in args.set:
-        key, separator, value = item.partition("=")
-        if not separator or not key:
-            parser.error(f"--set takes KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    overrides = _pairs(parser, "--set", args.set)
+    slurm_pairs = _pairs(parser, "--slurm", args.slurm)
     from .runner import run_study, visible_gpus
 
     name, profile = args.study, args.profile
     if profile == "auto":
         profile = None
-        without_gpu = not (gpus or visible_gpus())
+        # On Slurm the cells run on the cluster's GPUs, not here.
+        without_gpu = args.executor == "local" and not (gpus or visible_gpus())
         if without_gpu and name == "degradation":
             print("No CUDA GPU here: running the paper's CIFAR experiment in miniature (study cifar-depth, profile "
                   "laptop) instead of the degradation study's full profile, which needs a GPU. To force it: "
@@ -210,14 +225,37 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cell.name:<16} {cell.error or json.dumps(shown)}")
         return 0
     from .data import DataError
+    from .study import StudyError as RaisedStudyError  # under ``python -m`` this file is __main__, a copy
 
     try:
-        outcome = run_study(study, jobs=args.jobs, gpus=gpus, tracking_uri=args.tracking_uri)
-    except (StudyError, DataError) as error:  # before any cell starts: say what to fix, no traceback
+        if args.executor == "slurm":
+            from .slurm import submit_study
+
+            outcome = submit_study(study, tracking_uri=args.tracking_uri, cells_per_job=args.jobs, options=slurm_pairs,
+                                   detach=args.detach)
+        else:
+            outcome = run_study(study, jobs=args.jobs, gpus=gpus, tracking_uri=args.tracking_uri)
+    except (StudyError, RaisedStudyError, DataError) as error:  # before any cell starts: say what to fix, no traceback
         parser.error(str(error))
+    except KeyboardInterrupt:
+        if args.executor != "slurm":
+            raise
+        print("\nstopped watching; the Slurm jobs go on. Rerun the same command to watch them again.", flush=True)
+        return 130
     if outcome.interrupted:
         return 130
     return 1 if outcome.failed else 0
+
+
+def _pairs(parser: argparse.ArgumentParser, flag: str, items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items as a dict, each value read as YAML (``time=120`` is a number)."""
+    pairs = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip():
+            parser.error(f"{flag} takes KEY=VALUE, got {item!r}")
+        pairs[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return pairs
 
 
 def _whole_numbers(parser: argparse.ArgumentParser, flag: str, text: str | None, example: str) -> list[int] | None:

@@ -47,6 +47,11 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 UI_WORKFLOW = "workflowType=machine_learning"
 
+# Run parameter: a cell's SGD steps in all (its progress is its logged ``step`` metric over this).
+TOTAL_STEPS_PARAM = "total_steps"
+# Parent-run tag prefix: ``slurm_job.<cell fingerprint>`` = the Slurm job that holds the cell.
+SLURM_JOB_TAG_PREFIX = "slurm_job."
+
 MLFLOW_BATCH_LIMIT = 1000  # metrics per log_batch call
 
 

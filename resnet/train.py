@@ -17,10 +17,13 @@ epoch.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +51,7 @@ from .engine import (
 )
 from .models import build_model, count_multiply_adds, count_parameters
 from .paths import atomic_write_bytes, runs_dir
+from .tracking import TOTAL_STEPS_PARAM
 
 
 class TrainingDiverged(RuntimeError):
@@ -178,31 +182,37 @@ def train(
               f"(MLflow run {state.run_id})")
 
     result = TrainResult(state.run_id, config, state.history)
-    try:
-        for epoch in range(len(state.history) + 1, run.schedule.epochs + 1):
-            metrics = run.epoch(epoch, state, progress)
-            result.step_mode = run.train_step.mode
-            if state.warming_up and metrics["train_error"] < paper.WARMUP_UNTIL_TRAIN_ERROR:
-                state.warming_up = False  # checked per epoch (~390 steps; the paper's ~400 iterations)
-            state.history.append(metrics)
-            tracking.log_metrics(mlflow_client, state.run_id, [metrics])
-            run.save(checkpoint_file, state)
-            _print_epoch(config.run_name, metrics, run.schedule.epochs)
-            if on_epoch_end is not None:
-                on_epoch_end(metrics)
-    except TrainingDiverged as error:
-        tracking.end_run(mlflow_client, state.run_id, "FAILED", f"diverged: {error}", _history_files(state.history))
-        checkpoint_file.unlink(missing_ok=True)  # resuming a NaN run would only diverge again
-        result.status = "FAILED"
-        raise
-    except KeyboardInterrupt:
-        tracking.end_run(mlflow_client, state.run_id, "KILLED", "interrupted; rerun to resume from the last epoch",
-                         _history_files(state.history))
-        raise
-    except Exception as error:
-        tracking.end_run(mlflow_client, state.run_id, "FAILED", f"{type(error).__name__}: {error}",
-                         _history_files(state.history))
-        raise
+    # The stop signals' handler stays until the run is recorded as KILLED: a second signal must not
+    # cut that short.
+    with _StopSignals() as signals:
+        try:
+            for epoch in range(len(state.history) + 1, run.schedule.epochs + 1):
+                metrics = run.epoch(epoch, state, progress)
+                result.step_mode = run.train_step.mode
+                if state.warming_up and metrics["train_error"] < paper.WARMUP_UNTIL_TRAIN_ERROR:
+                    state.warming_up = False  # checked per epoch (~390 steps; the paper's ~400 iterations)
+                with signals.recording():
+                    state.history.append(metrics)
+                    tracking.log_metrics(mlflow_client, state.run_id, [metrics])
+                    run.save(checkpoint_file, state)
+                _print_epoch(config.run_name, metrics, run.schedule.epochs)
+                if on_epoch_end is not None:
+                    on_epoch_end(metrics)
+        except TrainingDiverged as error:
+            tracking.end_run(mlflow_client, state.run_id, "FAILED", f"diverged: {error}",
+                             _history_files(state.history))
+            checkpoint_file.unlink(missing_ok=True)  # resuming a NaN run would only diverge again
+            result.status = "FAILED"
+            raise
+        except KeyboardInterrupt as stop:
+            tracking.end_run(mlflow_client, state.run_id, "KILLED",
+                             f"interrupted ({stop or 'Ctrl-C'}); rerun to resume from the last epoch",
+                             _history_files(state.history))
+            raise
+        except Exception as error:
+            tracking.end_run(mlflow_client, state.run_id, "FAILED", f"{type(error).__name__}: {error}",
+                             _history_files(state.history))
+            raise
 
     final = {"final_train_error": run.record.final_error(state.step, config.batch_size), **run.stage_stds("final")}
     tracking.log_metrics(mlflow_client, state.run_id, [{"epoch": state.history[-1]["epoch"], **final}])
@@ -214,6 +224,58 @@ def train(
     mlflow_client.set_terminated(state.run_id, tracking.STATUS_FINISHED)
     checkpoint_file.unlink(missing_ok=True)  # the weights now live in MLflow
     return result
+
+
+class _StopSignals:
+    """SIGTERM and SIGUSR2 stop training as Ctrl-C does: the run is marked KILLED and the last
+    epoch's checkpoint stays for the rerun. The study runner stops cells with SIGTERM (on Ctrl-C, and
+    in a Slurm job on the scheduler's warning); Slurm itself may signal every process of a job (TERM
+    on cancel or preemption, USR2 as the time-limit warning). Without this the kernel would die with
+    its run left RUNNING.
+
+    The first signal stops; later ones are ignored, so that recording the stop is not cut short.
+    Between an epoch's metrics going to MLflow and its checkpoint being written (``recording()``)
+    the signal waits, so that a resumed run never logs an epoch twice. Signal handlers live in the
+    main thread only; elsewhere this does nothing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+    def __init__(self):
+        self.recording_epoch = False
+        self.pending: str | None = None
+        self.stopping = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {signum: signal.signal(signum, self._stop) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        return False
+
+    def _stop(self, signum, frame):
+        if self.stopping:
+            return
+        name = f"signal {signal.Signals(signum).name}"
+        if self.recording_epoch:
+            self.pending = name
+            return
+        self.stopping = True
+        raise KeyboardInterrupt(name)
+
+    @contextlib.contextmanager
+    def recording(self):
+        self.recording_epoch = True
+        try:
+            yield
+        finally:
+            self.recording_epoch = False
+        if self.pending and not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt(self.pending)
 
 
 @dataclass
@@ -230,7 +292,7 @@ class _Run:
     generator: torch.Generator
     tensors: dict[str, torch.Tensor]
     record: StepMetrics
-    description: dict[str, int]  # parameters and multiply-adds, for the MLflow run
+    description: dict[str, int]  # parameters, multiply-adds and SGD steps in all, for the MLflow run
     train_step: TrainStep | None = None
 
     @classmethod
@@ -239,7 +301,8 @@ class _Run:
         schedule = Schedule.for_config(config, len(data.train_labels))
         torch.manual_seed(config.seed)
         model = build_model(config.model, shortcut=config.shortcut, stem=config.stem)
-        description = {"parameters": count_parameters(model), "multiply_adds": count_multiply_adds(model)}
+        description = {"parameters": count_parameters(model), "multiply_adds": count_multiply_adds(model),
+                       TOTAL_STEPS_PARAM: schedule.total_steps}
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         model = precision.place_model(model)

@@ -118,8 +118,11 @@ def test_killed_study_resumes_without_redoing_finished_cells(store, tmp_path):
     rest, _ = process.communicate(timeout=60)
     assert process.returncode == 130, "".join(output) + rest
     assert "rerun the same command to resume" in rest
-    statuses = {r.info.run_name: r.info.status for r in _runs(store, "tiny")}
-    assert statuses["resnet20-A-s0"] == "FINISHED" and statuses["plain20-s0"] != "FINISHED"
+    stopped = {r.info.run_name: r for r in _runs(store, "tiny")}
+    assert stopped["resnet20-A-s0"].info.status == "FINISHED"
+    # The runner passed the stop on to the cell's kernel (its own session), which recorded it.
+    assert stopped["plain20-s0"].info.status == "KILLED"
+    assert stopped["plain20-s0"].data.tags[tracking.FAILURE_REASON_TAG].startswith("interrupted (signal SIGTERM)")
 
     rerun = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=240)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr

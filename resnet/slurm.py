@@ -1,0 +1,296 @@
+"""Run a study's pending cells on a Slurm cluster through submitit (``--executor slurm``).
+
+Each Slurm job holds one GPU and runs a shard of the cells on it with the local runner's pool
+(``runner.CellPool``, several cells at once), logging to an MLflow server that every node reaches
+over HTTP. Checkpoints live in a runs folder every node can reach (``--runs-dir``), so a cell
+interrupted anywhere resumes there, into the same MLflow run.
+
+Progress is judged from MLflow (which cells are FINISHED, how far the others are) and from
+``squeue`` (which jobs still hold cells), never from Slurm's accounting: submitit reads job
+states through ``sacct``, and on a cluster without accounting a cancelled job would never read as
+done. Which job holds which cell is a tag of the study's parent run, so a rerun of the same
+command, from any machine, submits only the cells that no live job holds.
+
+The trap of signals: before preemption or the time limit Slurm warns the job (``--signal USR2@N``,
+which submitit sets and answers by checkpointing the job's callable and requeueing it). The signal
+reaches the job's main process only, while each cell runs in a session of its own; the job passes
+it on (``checkpoint`` below stops the cells cleanly, their runs KILLED with the last epoch's
+checkpoint on disk) before it is requeued.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from . import tracking
+from .runner import CellOutcome, CellPool, StudyOutcome, _close_parent, parent_run, plan, visible_gpus, warm_data_cache
+from .study import DEFAULT_CELLS_PER_JOB, Study, StudyError
+
+# A full cell (64k iterations) with four on one H200 takes well under an hour; three hours leaves
+# room for slower GPUs. A job that still runs out is requeued from its checkpoints (submitit).
+DEFAULT_SLURM_OPTIONS: dict[str, Any] = {
+    "time": 180,  # minutes
+    "gpus_per_node": 1,
+    "nodes": 1,
+    "ntasks_per_node": 1,
+    "signal_delay_s": 120,  # the warning before the limit: time for every cell to stop cleanly
+}
+MAX_REQUEUES_ON_TIMEOUT = 20
+# squeue states of a job that will still run cells (a requeued job is PENDING again).
+LIVE_JOB_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                   "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "STOPPED"}
+POLL_SECONDS = 15.0
+
+
+def slurm_options(pairs: dict[str, Any], cells_per_job: int) -> dict[str, Any]:
+    """submitit's Slurm parameters: ours by default, each ``--slurm key=value`` over them; an
+    unknown key fails here, before anything is submitted, with the legal ones."""
+    from submitit.slurm.slurm import _get_default_parameters
+
+    legal = set(_get_default_parameters())
+    unknown = sorted(set(pairs) - legal)
+    if unknown:
+        raise StudyError(f"--slurm: unknown option {', '.join(unknown)}; legal options (submitit's Slurm "
+                         f"parameters): {', '.join(sorted(legal))}")
+    # One CPU per cell process: the data are resident on the GPU, so a cell needs no loader workers.
+    return {**DEFAULT_SLURM_OPTIONS, "cpus_per_task": cells_per_job, **pairs}
+
+
+def require_server(uri: str) -> None:
+    if not uri.startswith(("http://", "https://")):
+        raise StudyError(f"--executor slurm needs an MLflow server that every node reaches, not {uri}: start one "
+                         "with 'make server' (HOST=<this machine's name> for other nodes, with authentication) and "
+                         "set MLFLOW_TRACKING_URI=http://host:port. A SQLite file must stay on one machine's disk; "
+                         "its locking breaks on network file systems.")
+
+
+class StudyShard:
+    """What one Slurm job runs: the named cells of ``study`` on this node's GPU, ``jobs`` at a time,
+    under the study's parent run. Finished cells are skipped and interrupted ones resume from their
+    checkpoints (the runner's ``plan``), so running a shard again is always safe.
+
+    submitit calls ``checkpoint`` on the warning signal (``Checkpointable``'s protocol)."""
+
+    def __init__(self, study: Study, cells: list[str], uri: str, parent: str, jobs: int, runs_dir: str):
+        self.study, self.cells, self.uri, self.parent, self.jobs, self.runs_dir = \
+            study, cells, uri, parent, jobs, runs_dir
+        self._pool: CellPool | None = None
+
+    def __getstate__(self):
+        return {key: value for key, value in self.__dict__.items() if key != "_pool"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _pool=None)
+
+    def __call__(self) -> dict[str, str]:
+        os.environ["RESNET_RUNS_DIR"] = self.runs_dir  # the cells' checkpoints, on the shared folder
+        shard = replace(self.study, cells=tuple(c for c in self.study.cells if c.name in self.cells))
+        gpus = visible_gpus()
+        experiment = tracking.experiment_id(self.study.name, self.uri)
+        outcomes, pending = plan(shard, gpus, self.uri, experiment)
+        for source in dict.fromkeys(cell.config.data for cell in pending):
+            warm_data_cache(source)
+        self._pool = CellPool(self.uri, experiment, self.parent, self.jobs, gpus,
+                              output_dir=Path(self.runs_dir) / self.study.name, study_name=self.study.name)
+        outcomes.update(self._pool.run(pending, progress=False))
+        if self._pool.interrupted:
+            raise RuntimeError("stopped by a signal; the cells keep their checkpoints: rerun the study to resume")
+        failed = [o for o in outcomes.values() if o.status in ("FAILED", "INVALID")]
+        if failed:
+            raise RuntimeError("; ".join(f"{o.cell.name}: {o.message}" for o in failed))
+        return {name: outcome.status for name, outcome in outcomes.items()}
+
+    def checkpoint(self, *args, **kwargs):
+        """Slurm's warning before preemption or the time limit: stop the cells cleanly (each keeps its
+        last epoch's checkpoint and marks its run KILLED), then let submitit requeue this shard."""
+        from submitit.helpers import DelayedSubmission
+
+        print("warning signal: stopping the cells, then requeueing this job", flush=True)
+        if self._pool is not None:
+            self._pool.stop()
+        return DelayedSubmission(StudyShard(self.study, self.cells, self.uri, self.parent, self.jobs,
+                                            self.runs_dir))
+
+
+def live_jobs(job_ids: set[str]) -> dict[str, str]:
+    """State of each of ``job_ids`` that squeue still lists as going to run, by job id."""
+    if not job_ids:
+        return {}
+    result = subprocess.run(["squeue", "--noheader", "--format=%i|%T", "--states=all", "--user", _user()],
+                            capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise StudyError(f"squeue failed: {result.stderr.strip() or result.stdout.strip()}")
+    states = dict(line.split("|", 1) for line in result.stdout.split() if "|" in line)
+    return {job: states[job] for job in job_ids if states.get(job) in LIVE_JOB_STATES}
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+@dataclass
+class CellState:
+    cell: Any
+    status: str  # FINISHED, FAILED, RUNNING, WAITING (its job queued), STOPPED (no live job holds it)
+    run: Any = None
+    job: str | None = None
+
+
+def _cell_states(study_cells, experiment: str, uri: str, parent: str, holders: dict[str, str],
+                 live: dict[str, str]) -> list[CellState]:
+    runs: dict[str, Any] = {}
+    for run in tracking.find_runs(experiment, uri, **{tracking.PARENT_TAG: parent}):  # newest first
+        runs.setdefault(run.data.tags.get(tracking.FINGERPRINT_TAG), run)
+    states = []
+    for cell in study_cells:
+        fingerprint = cell.config.fingerprint()
+        run, job = runs.get(fingerprint), holders.get(fingerprint)
+        if run is not None and run.info.status == tracking.STATUS_FINISHED:
+            states.append(CellState(cell, "FINISHED", run, job))
+        elif job in live:
+            states.append(CellState(cell, "RUNNING" if run is not None and run.info.status == "RUNNING"
+                                    and live[job] == "RUNNING" else "WAITING", run, job))
+        elif run is not None and run.info.status == "FAILED":
+            states.append(CellState(cell, "FAILED", run, job))
+        else:
+            states.append(CellState(cell, "STOPPED", run, job))
+    return states
+
+
+def _time_left(states: list[CellState], jobs_waiting: int, cells_per_job: int) -> str:
+    """From the cells' own pace in MLflow: the slowest running cell's steps left at its rate, plus,
+    for jobs still queued, rounds of the mean finished cell's duration."""
+    now = time.time() * 1000
+    left = []
+    for state in states:
+        if state.status != "RUNNING" or state.run is None:
+            continue
+        done = state.run.data.metrics.get("step", 0)
+        total = float(state.run.data.params.get(tracking.TOTAL_STEPS_PARAM, 0) or 0)
+        if done and total:
+            left.append((now - state.run.info.start_time) / 1000 * (total - done) / done)
+    durations = [(s.run.info.end_time - s.run.info.start_time) / 1000 for s in states
+                 if s.status == "FINISHED" and s.run is not None and s.run.info.end_time]
+    running_jobs = max(1, len({s.job for s in states if s.status == "RUNNING"}))
+    queued = math.ceil(jobs_waiting / running_jobs) * (sum(durations) / len(durations)) if durations else None
+    if not left and queued is None:
+        return "time left not known yet"
+    seconds = max(left, default=0.0) + (queued or 0.0)
+    return f"about {seconds / 60:.1f} min left" + ("" if queued is not None or not jobs_waiting else
+                                                    " for the running cells; queued jobs not yet timed")
+
+
+def submit_study(study: Study, *, tracking_uri: str | None = None, cells_per_job: int | None = None,
+                 options: dict[str, Any] | None = None, runs_dir: Path | None = None, detach: bool = False,
+                 poll_seconds: float = POLL_SECONDS, folder: Path | None = None) -> StudyOutcome:
+    import submitit
+
+    from .paths import runs_dir as default_runs_dir
+
+    started = time.perf_counter()
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    require_server(uri)
+    cells_per_job = DEFAULT_CELLS_PER_JOB if cells_per_job is None else cells_per_job
+    if cells_per_job < 1:
+        raise StudyError(f"--jobs (cells per Slurm job) must be at least 1, got {cells_per_job}")
+    parameters = slurm_options(options or {}, cells_per_job)
+    runs = Path(runs_dir or default_runs_dir()).resolve()
+    folder = Path(folder or runs / study.name / "slurm")
+
+    tracking.prepare_store(uri)
+    experiment = tracking.experiment_id(study.name, uri)  # through the server: artifacts go to its store
+    gpus = list(range(int(parameters.get("gpus_per_node") or 0)))  # what a job will see, for precision
+    print(f"study {study.name} / profile {study.profile}: {len(study.cells)} cells; Slurm jobs of up to "
+          f"{cells_per_job} cells{' on one GPU each' if gpus else ' on the CPU'}; MLflow {uri}", flush=True)
+    outcomes, pending = plan(study, gpus, uri, experiment)
+    parent = parent_run(experiment, study, uri, {"profile": study.profile, "jobs": cells_per_job,
+                                                 "cells": len(study.cells), "executor": "slurm",
+                                                 "data": pending[0].config.data if pending else ""})
+    mlflow_client = tracking.client(uri)
+    holders = _holders(mlflow_client, parent)
+    live = live_jobs(set(holders.values()))
+    held = [cell for cell in pending if holders.get(cell.config.fingerprint()) in live]
+    missing = [cell for cell in pending if cell not in held]
+    for cell in held:
+        job = holders[cell.config.fingerprint()]
+        print(f"  queued   {cell.name} (Slurm job {job}, {live[job]})", flush=True)
+
+    executor = submitit.SlurmExecutor(folder=str(folder / "%j"), max_num_timeout=MAX_REQUEUES_ON_TIMEOUT)
+    executor.update_parameters(job_name=f"{study.name}-{study.profile}", **parameters)
+    for start in range(0, len(missing), cells_per_job):
+        shard = missing[start:start + cells_per_job]
+        job = executor.submit(StudyShard(study, [c.name for c in shard], uri, parent, cells_per_job, str(runs)))
+        mlflow_client.log_batch(parent, tags=[_job_tag(cell, job.job_id) for cell in shard])
+        for cell in shard:
+            holders[cell.config.fingerprint()] = job.job_id
+        print(f"  submit   {', '.join(c.name for c in shard)} as Slurm job {job.job_id}", flush=True)
+    if not missing and not held:
+        print("  nothing to submit: every cell is finished", flush=True)
+    if detach:
+        print(f"\ndetached: {len(held) + len(missing)} cells in Slurm jobs (logs in {folder}); rerun the same "
+              "command, without --detach, to watch them", flush=True)
+        return StudyOutcome(study, parent, list(outcomes.values()), time.perf_counter() - started)
+
+    cells = held + missing
+    states = _watch(cells, experiment, uri, parent, holders, cells_per_job, poll_seconds)
+    for state in states:
+        run_id = state.run.info.run_id if state.run is not None else None
+        status = {"FINISHED": "FINISHED", "FAILED": "FAILED"}.get(state.status, "FAILED")
+        message = "" if status == "FINISHED" else (
+            state.run.data.tags.get(tracking.FAILURE_REASON_TAG, "") if state.run is not None else "") or \
+            f"its Slurm job {state.job} ended before the cell finished (log: {folder / str(state.job)}); " \
+            "rerun the same command to resume it"
+        outcomes[state.cell.name] = CellOutcome(state.cell, status, run_id=run_id, message=message,
+                                                final=state.run.data.metrics if state.run is not None else {})
+    ordered = [outcomes[c.name] for c in study.cells if c.name in outcomes]
+    result = StudyOutcome(study, parent, ordered, time.perf_counter() - started)
+    _close_parent(mlflow_client, parent, result, result.wall_seconds, "FAILED" if result.failed else "FINISHED")
+    counts = {status: sum(c.status == status for c in result.cells) for status in ("SKIPPED", "FINISHED", "FAILED")}
+    print(f"\nstudy {study.name}/{study.profile} on Slurm: {counts['FINISHED']} finished now, {counts['SKIPPED']} "
+          f"already done, {len(result.failed)} not finished, in {result.wall_seconds:.0f}s (MLflow parent run "
+          f"{parent})", flush=True)
+    for outcome in result.failed:
+        print(f"  not finished {outcome.cell.name}: {outcome.message}", flush=True)
+    return result
+
+
+def _job_tag(cell, job_id: str):
+    from mlflow.entities import RunTag
+
+    return RunTag(tracking.SLURM_JOB_TAG_PREFIX + cell.config.fingerprint(), str(job_id))
+
+
+def _holders(mlflow_client, parent: str) -> dict[str, str]:
+    tags = mlflow_client.get_run(parent).data.tags
+    return {key.removeprefix(tracking.SLURM_JOB_TAG_PREFIX): value for key, value in tags.items()
+            if key.startswith(tracking.SLURM_JOB_TAG_PREFIX)}
+
+
+def _watch(cells, experiment: str, uri: str, parent: str, holders: dict[str, str], cells_per_job: int,
+           poll_seconds: float) -> list[CellState]:
+    """Until no live job holds an unfinished cell: a line whenever the count changes."""
+    last = None
+    while True:
+        live = live_jobs({holders[c.config.fingerprint()] for c in cells if c.config.fingerprint() in holders})
+        states = _cell_states(cells, experiment, uri, parent, holders, live)
+        count = {status: sum(s.status == status for s in states)
+                 for status in ("FINISHED", "FAILED", "RUNNING", "WAITING", "STOPPED")}
+        jobs_waiting = len({s.job for s in states if s.status == "WAITING"})
+        line = (f"  [{count['FINISHED']}/{len(states)} finished, {count['FAILED']} failed, {count['RUNNING']} "
+                f"running, {count['WAITING']} waiting in {jobs_waiting} jobs"
+                f"{', ' + str(count['STOPPED']) + ' stopped' if count['STOPPED'] else ''}")
+        active = count["RUNNING"] + count["WAITING"]
+        if (line, count["FINISHED"]) != last:
+            print(f"{line}{'; ' + _time_left(states, jobs_waiting, cells_per_job) if active else ''}]", flush=True)
+            last = (line, count["FINISHED"])
+        if not active:
+            return states
+        time.sleep(poll_seconds)
