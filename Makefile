@@ -80,10 +80,11 @@ server: $(VENV)/.installed-cluster ## MLflow server for a cluster: HOST=127.0.0.
 # Debian's packages the tests run for real: Chromium renders the report in the browser test; munge,
 # Slurm and PostgreSQL make the one-node cluster of the cluster tests. Installed once, here as in CI.
 TEST_PACKAGES := chromium munge slurmctld slurmd slurm-client postgresql
-TEST_PROGRAMS := chromium munged slurmctld slurmd sbatch pg_ctlcluster
+TEST_PROGRAMS := chromium munged mungekey slurmctld slurmd sbatch squeue scancel
 .PHONY: test-packages
 test-packages:
 	@for program in $(TEST_PROGRAMS); do command -v $$program >/dev/null 2>&1 || missing=1; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=1; \
 	if [ -n "$$missing" ]; then apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES) >/dev/null; fi
 
