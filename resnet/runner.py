@@ -271,8 +271,8 @@ class CellPool:
         KILLED and keeps the checkpoint of its last epoch (``train``); SIGKILL for what still runs
         after ``CELL_STOP_SECONDS``. The kernel runs in a session of its own (jupyter_client starts it
         so), so a signal to the runner or to papermill's group never reaches it: it is passed on here.
-        Papermill itself ignores the stop signals (``_papermill_deaf_to_stop_signals``): were it to
-        die first, the kernel would shut itself down within a second, before its run is recorded."""
+        Papermill itself ignores the stop signals (``resnet.papermill_cell``): were it to die first,
+        the kernel would shut itself down within a second, before its run is recorded."""
         self.interrupted = True
         cells = [(process, _child_pids(process.pid)) for process, *_ in self.running.values()]
         for _, kernels in cells:
@@ -394,7 +394,7 @@ def _launch(cell: Cell, notebook: Path, output_dir: Path, uri: str, parent: str,
     environment = cell_environment()
     if gpu is not None:
         environment["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    command = [sys.executable, "-m", "resnet.runner", str(notebook), str(output_dir / f"{cell.name}.ipynb"),
+    command = [sys.executable, "-m", "resnet.papermill_cell", str(notebook), str(output_dir / f"{cell.name}.ipynb"),
                "-f", str(parameter_file), "--cwd", str(project_root()), "-k", "python3", "--log-output",
                "--no-progress-bar"]
     # Its own process group, so that stopping the study also stops the cell's kernel.
@@ -498,20 +498,3 @@ def _print_summary(result: StudyOutcome, launch_seconds: float) -> None:
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
-
-
-def _papermill_deaf_to_stop_signals() -> None:
-    """``python -m resnet.runner <papermill arguments>``: papermill for one cell, ignoring SIGTERM and
-    SIGUSR2. Slurm signals every process of a job (cancel, preemption, the time-limit warning) and
-    papermill would die at once, its kernel shutting itself down a second later without recording
-    the stop; so papermill waits for its kernel, which handles both signals (``train``), and the
-    kernel driver puts SIGTERM back to its default on start (``resnet.notebook``)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    from papermill.cli import papermill
-
-    papermill(prog_name="papermill")
-
-
-if __name__ == "__main__":
-    _papermill_deaf_to_stop_signals()

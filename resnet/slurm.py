@@ -46,6 +46,9 @@ MAX_REQUEUES_ON_TIMEOUT = 20
 LIVE_JOB_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                    "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "STOPPED"}
 POLL_SECONDS = 15.0
+# How long a job stopped by SIGTERM waits for the warning signal before it ends (Slurm kills what is
+# left after KillWait, 30 s by default).
+WARNING_AFTER_TERM_SECONDS = 20
 
 
 def slurm_options(pairs: dict[str, Any], cells_per_job: int) -> dict[str, Any]:
@@ -100,6 +103,9 @@ class StudyShard:
                               output_dir=Path(self.runs_dir) / self.study.name, study_name=self.study.name)
         outcomes.update(self._pool.run(pending, progress=False))
         if self._pool.interrupted:
+            # Stopped by SIGTERM. On preemption the warning may follow (submitit's convention: TERM,
+            # then USR2); wait for it here, so that submitit can still requeue this job.
+            time.sleep(WARNING_AFTER_TERM_SECONDS)
             raise RuntimeError("stopped by a signal; the cells keep their checkpoints: rerun the study to resume")
         failed = [o for o in outcomes.values() if o.status in ("FAILED", "INVALID")]
         if failed:

@@ -205,7 +205,8 @@ def test_a_study_on_slurm_survives_preemption_and_cancellation_and_reports_from_
     assert "detached" in detached.stdout
 
     # Both cells a few epochs in: preempt one job the way Slurm and submitit do (SIGTERM, then the
-    # USR2 warning), cancel the other.
+    # USR2 warning; here the warning only once the cells have stopped, the latest it may come), and
+    # cancel the other.
     def steps() -> dict[str, float]:
         _, _, found = _runs(uri, "two")
         return {run.info.run_name: run.data.metrics.get("step", 0) for run in found if run.info.run_name in jobs}
@@ -214,7 +215,6 @@ def test_a_study_on_slurm_survives_preemption_and_cancellation_and_reports_from_
                      runs_dir / "two" / "plain18-s0.log")
     preempted, cancelled = jobs["plain18-s0"], jobs["resnet18-A-s0"]
     slurm.command("scancel", "--signal", "SIGTERM", preempted)
-    slurm.command("scancel", "--signal", "USR2", preempted)
     slurm.command("scancel", cancelled)
 
     def stopped() -> bool:
@@ -222,6 +222,7 @@ def test_a_study_on_slurm_survives_preemption_and_cancellation_and_reports_from_
         return sum(run.info.status == "KILLED" for run in found) == 2
 
     cluster.wait_for(stopped, 60, "both cells recorded KILLED")
+    slurm.command("scancel", "--signal", "USR2", preempted)
     client, experiment, found = _runs(uri, "two")
     before = {run.info.run_name: run for run in found if run.info.run_name in jobs}
     assert all("interrupted (signal SIG" in run.data.tags[tracking.FAILURE_REASON_TAG] for run in before.values())
@@ -235,6 +236,9 @@ def test_a_study_on_slurm_survives_preemption_and_cancellation_and_reports_from_
     cluster.wait_for(lambda: states()[preempted] == "PENDING" and states().get(cancelled) != "COMPLETING", 60,
                      "the preempted job requeued", runs_dir / "two" / "slurm" / preempted / f"{preempted}_0_log.err")
     assert states().get(cancelled, "CANCELLED") == "CANCELLED"
+    job_log = (runs_dir / "two" / "slurm" / preempted / f"{preempted}_0_log.out").read_text()
+    assert "warning signal: stopping the cells, then requeueing this job" in job_log  # StudyShard.checkpoint
+    assert f"Requeued job {preempted}" in job_log
     # Slurm holds a requeued job for two minutes (its BeginTime); let it start now.
     slurm.command("scontrol", "update", f"jobid={preempted}", "StartTime=now")
 
