@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     option("--check", action="store_true", help="check the settings, print the command and exit")
     args = parser.parse_args(argv)
 
+    args.backend = tracking.database_uri(args.backend)
     auth = args.auth or not is_loopback(args.host)
     try:
         if args.workers < 1:

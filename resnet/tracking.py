@@ -89,10 +89,16 @@ def recorded_settings(params: dict[str, str], device_tag: str) -> dict[str, str]
 def resolve_tracking_uri(explicit: str | None = None) -> str:
     """``explicit``, else ``$MLFLOW_TRACKING_URI``, else the SQLite store at the project root."""
     if explicit:
-        return explicit
+        return database_uri(explicit)
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+        return database_uri(os.environ["MLFLOW_TRACKING_URI"])
     return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def database_uri(uri: str) -> str:
+    """``postgresql://...`` as psycopg 3 (``postgresql+psycopg://``), the driver the cluster extra
+    installs: SQLAlchemy before 2.1 reads the bare scheme as psycopg2. Other URIs unchanged."""
+    return "postgresql+psycopg://" + uri.removeprefix("postgresql://") if uri.startswith("postgresql://") else uri
 
 
 def client(tracking_uri: str | None = None):

@@ -26,7 +26,7 @@ from resnet.server import allowed_hosts, is_loopback
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "a-long-test-password"
 USER = "admin"
-EPOCHS = 10  # per cell: long enough to interrupt mid-run (about 4 s an epoch on one CPU thread)
+EPOCHS = 6  # per cell: long enough to interrupt mid-run (about 4 s an epoch on one CPU thread)
 TWO_CELLS = f"""\
 description: two cells of the smoke grid (plain-18 and ResNet-18 (A)), for the cluster tests
 defaults: {{stem: cifar, schedule: paper, normalisation: per-pixel, lr: 0.1, momentum: 0.9, weight_decay: 0.0001}}
@@ -261,6 +261,12 @@ def test_a_study_on_slurm_survives_preemption_and_cancellation_and_reports_from_
     log = (runs_dir / "two" / "plain18-s0.log").read_text()
     assert "resuming plain18-s0 at epoch" in log
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # made through the server
+    import psycopg
+
+    with psycopg.connect(services["postgres"].uri) as database:  # the runs live in PostgreSQL
+        rows = database.execute("select name, status from runs where run_uuid = any(%s)",
+                                ([run.info.run_id for run in cells],)).fetchall()
+    assert sorted(rows) == [("plain18-s0", "FINISHED"), ("resnet18-A-s0", "FINISHED")]
     fetched = client.download_artifacts(cells[0].info.run_id, "metrics.csv", str(tmp_path))  # over HTTP
     lines = Path(fetched).read_text().splitlines()
     assert lines[0].startswith("epoch,") and len(lines) == EPOCHS + 1
@@ -358,3 +364,10 @@ def test_the_auth_settings_turn_the_credential_cache_on_and_hold_no_password(tmp
     assert f"auth_cache_ttl_seconds = {AUTH_CACHE_SECONDS}\n" in text and AUTH_CACHE_SECONDS > 0
     assert "database_uri = sqlite:///auth.db\n" in text and "admin_username = admin\n" in text
     assert PASSWORD not in text and path.stat().st_mode & 0o777 == 0o600
+
+
+def test_postgresql_uris_use_psycopg_3():
+    assert tracking.database_uri("postgresql://mlflow@db:5432/runs") == "postgresql+psycopg://mlflow@db:5432/runs"
+    assert tracking.database_uri("postgresql+psycopg://m@db/r") == "postgresql+psycopg://m@db/r"
+    assert tracking.database_uri("sqlite:///x.db") == "sqlite:///x.db"
+    assert tracking.resolve_tracking_uri("postgresql://m@db/r") == "postgresql+psycopg://m@db/r"
