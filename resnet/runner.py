@@ -129,8 +129,7 @@ def _summary(outcome: CellOutcome) -> str:
     return f"final train_error {train_error:.2f}%  test_error {final.get('test_error', float('nan')):.2f}%"
 
 
-def plan(study: Study, gpus: list[int], uri: str, experiment: str, say=print) -> tuple[dict[str, CellOutcome],
-                                                                                      list[Cell]]:
+def plan(study: Study, gpus: list[int], uri: str, experiment: str) -> tuple[dict[str, CellOutcome], list[Cell]]:
     """What is left to do: each cell with its precision resolved for the device it will get, the
     invalid and the already finished ones as outcomes, the rest pending (in the study's order)."""
     outcomes: dict[str, CellOutcome] = {}
@@ -140,13 +139,13 @@ def plan(study: Study, gpus: list[int], uri: str, experiment: str, say=print) ->
             cell = replace(cell, config=cell.config.resolved_for(_device_type(cell.config, gpus)))
         if cell.config is None:
             outcomes[cell.name] = CellOutcome(cell, "INVALID", message=cell.error or "invalid parameters")
-            say(f"  invalid  {cell.name}: {cell.error}")
+            print(f"  invalid  {cell.name}: {cell.error}", flush=True)
             continue
         finished, _ = _finished_run(experiment, cell.config, uri)
         if finished is not None:
             outcome = CellOutcome(cell, "SKIPPED", run_id=finished.info.run_id, final=finished.data.metrics)
             outcomes[cell.name] = outcome
-            say(f"  done     {cell.name} (finished earlier: {_summary(outcome)})")
+            print(f"  done     {cell.name} (finished earlier: {_summary(outcome)})", flush=True)
         else:
             pending.append(cell)
     return outcomes, pending

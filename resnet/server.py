@@ -69,7 +69,8 @@ def admin_password(password_file: str | None) -> str | None:
         raise ServerError(f"the admin password file {path} does not exist")
     if path.stat().st_mode & 0o077:
         raise ServerError(f"the admin password file {path} is readable by others: chmod 600 {path}")
-    password = path.read_text().strip().splitlines()[0] if path.read_text().strip() else ""
+    lines = path.read_text().strip().splitlines()
+    password = lines[0] if lines else ""
     if not password:
         raise ServerError(f"the admin password file {path} is empty")
     return password

@@ -171,7 +171,7 @@ def _cell_states(study_cells, experiment: str, uri: str, parent: str, holders: d
     return states
 
 
-def _time_left(states: list[CellState], jobs_waiting: int, cells_per_job: int) -> str:
+def _time_left(states: list[CellState], jobs_waiting: int) -> str:
     """From the cells' own pace in MLflow: the slowest running cell's steps left at its rate, plus,
     for jobs still queued, rounds of the mean finished cell's duration."""
     now = time.time() * 1000
@@ -246,7 +246,7 @@ def submit_study(study: Study, *, tracking_uri: str | None = None, cells_per_job
         return StudyOutcome(study, parent, list(outcomes.values()), time.perf_counter() - started)
 
     cells = held + missing
-    states = _watch(cells, experiment, uri, parent, holders, cells_per_job, poll_seconds)
+    states = _watch(cells, experiment, uri, parent, holders, poll_seconds)
     for state in states:
         run_id = state.run.info.run_id if state.run is not None else None
         status = {"FINISHED": "FINISHED", "FAILED": "FAILED"}.get(state.status, "FAILED")
@@ -280,7 +280,7 @@ def _holders(mlflow_client, parent: str) -> dict[str, str]:
             if key.startswith(tracking.SLURM_JOB_TAG_PREFIX)}
 
 
-def _watch(cells, experiment: str, uri: str, parent: str, holders: dict[str, str], cells_per_job: int,
+def _watch(cells, experiment: str, uri: str, parent: str, holders: dict[str, str],
            poll_seconds: float) -> list[CellState]:
     """Until no live job holds an unfinished cell: a line whenever the count changes."""
     last = None
@@ -295,7 +295,7 @@ def _watch(cells, experiment: str, uri: str, parent: str, holders: dict[str, str
                 f"{', ' + str(count['STOPPED']) + ' stopped' if count['STOPPED'] else ''}")
         active = count["RUNNING"] + count["WAITING"]
         if (line, count["FINISHED"]) != last:
-            print(f"{line}{'; ' + _time_left(states, jobs_waiting, cells_per_job) if active else ''}]", flush=True)
+            print(f"{line}{'; ' + _time_left(states, jobs_waiting) if active else ''}]", flush=True)
             last = (line, count["FINISHED"])
         if not active:
             return states
