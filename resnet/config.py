@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from . import paper
-from .models import architecture, check_stem, resolve_shortcut
-from .tracking import LEGACY_NORMALISATION, LEGACY_SCHEDULE_NAMES
+from .models import architecture, check_stem, check_zero_init_residual, resolve_shortcut
+from .tracking import LEGACY_NORMALISATION, LEGACY_SCHEDULE_NAMES, ZERO_INIT_LABEL
 
 SCHEDULES = ("paper", "paper-compressed", "multistep", "cosine")
 STEP_MODES = ("auto", "eager", "cuda-graph")
@@ -26,6 +26,11 @@ PRECISIONS = ("auto", "bf16", "fp32", "best")
 NORMALISATIONS = ("per-pixel", "per-channel")
 # Not part of the experiment's identity: where, how fast, how often it is looked at, under which name.
 NOT_IDENTITY = ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell")
+# Settings added after runs were recorded: part of the identity only where they differ from these
+# defaults, so that every earlier run keeps its fingerprint.
+IDENTITY_ONLY_IF_SET = {"zero_init_residual": False}  # resnet56-A-zero-init-s0 when set
+# Settings that make a run an ablation rather than the paper's recipe (a study profile may leave them out).
+ABLATION_SETTINGS = ("zero_init_residual",)
 
 
 class ConfigError(ValueError):
@@ -50,6 +55,7 @@ class TrainConfig:
     momentum: float = paper.MOMENTUM
     weight_decay: float = paper.WEIGHT_DECAY
     warmup: bool = False  # lr 0.01 until the training error is below 80% (the paper's ResNet-110)
+    zero_init_residual: bool = False  # ablation: each residual branch's last BN gamma starts at 0 (Goyal et al.)
     seed: int = 0
     data: str = "download"
     validation: bool = False  # hold out 5k training images as the test set (the paper's 45k/5k)
@@ -86,6 +92,7 @@ class TrainConfig:
         for key, check in (
             ("model", lambda: architecture(self.model)),
             ("stem", lambda: check_stem(self.model, self.stem)),
+            ("zero_init_residual", lambda: check_zero_init_residual(self.model, self.zero_init_residual)),
             ("shortcut", lambda: resolve_shortcut(self.model, self.shortcut)),
         ):
             try:
@@ -132,7 +139,8 @@ class TrainConfig:
 
     def default_run_name(self) -> str:
         option = f"-{self.shortcut}" if self.shortcut else ""
-        return f"{self.model}{option}-s{self.seed}"
+        variant = f"-{ZERO_INIT_LABEL}" if self.zero_init_residual else ""
+        return f"{self.model}{option}{variant}-s{self.seed}"
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> TrainConfig:
@@ -173,7 +181,8 @@ class TrainConfig:
         What earlier runs were is ``tracking.LEGACY_*``: per-channel, and their ``paper`` schedule is
         today's ``paper-compressed``; no earlier run can be today's ``paper``, stopped early."""
         recorded_names = {today: recorded for recorded, today in LEGACY_SCHEDULE_NAMES.items()}
-        if self.normalisation != LEGACY_NORMALISATION or self.schedule in LEGACY_SCHEDULE_NAMES:
+        if (self.normalisation != LEGACY_NORMALISATION or self.schedule in LEGACY_SCHEDULE_NAMES
+                or self.zero_init_residual):
             return {}
         identity = self._identity()
         del identity["normalisation"]
@@ -185,7 +194,8 @@ class TrainConfig:
     def _identity(self) -> dict[str, Any]:
         if self.precision == "auto":
             raise ConfigError("precision: resolve 'auto' for a device (TrainConfig.resolved_for) before fingerprinting")
-        return {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
+        return {k: v for k, v in self.to_dict().items()
+                if k not in NOT_IDENTITY and not (k in IDENTITY_ONLY_IF_SET and v == IDENTITY_ONLY_IF_SET[k])}
 
 
 def resolve_precision(precision: str, device_type: str) -> str:

@@ -224,6 +224,13 @@ class StepMetrics:
     def window_tensors(self) -> list[torch.Tensor]:
         return [self.window_errors, self.window_position]
 
+    def recent_error(self, steps: int, batch_size: int) -> float:
+        """Training error (%) over the last ``steps`` steps (at most ``window``); one host sync."""
+        size = self.window_errors.numel()
+        steps = min(steps, size)
+        positions = (self.window_position - 1 - torch.arange(steps, device=self.window_errors.device)) % size
+        return 100.0 * self.window_errors[positions].sum().item() / (steps * batch_size)
+
     def final_error(self, steps_done: int, batch_size: int) -> float:
         """Training error (%) over the last ``window`` steps (all of them, if fewer were run)."""
         steps = min(steps_done, self.window_errors.numel())

@@ -113,6 +113,11 @@ class BasicBlock(nn.Module):
         self.residual = residual
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride) if residual else None
 
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The BN that closes the residual branch, just before the addition."""
+        return self.bn2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -138,6 +143,11 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.residual = residual
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride) if residual else None
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The BN that closes the residual branch, just before the addition."""
+        return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -168,6 +178,7 @@ class Network(nn.Module):
         residual: bool,
         stem: str,
         num_classes: int,
+        zero_init_residual: bool = False,
     ):
         super().__init__()
         stem_channels = widths[0]
@@ -199,9 +210,9 @@ class Network(nn.Module):
 
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
-        self._initialise()
+        self._initialise(zero_init_residual)
 
-    def _initialise(self) -> None:
+    def _initialise(self, zero_init_residual: bool) -> None:
         # Section 3.4: "We initialize the weights as in [13]" (He et al. 2015, Kaiming normal);
         # BN starts as the identity transform.
         for module in self.modules():
@@ -210,6 +221,14 @@ class Network(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if zero_init_residual:
+            # Not the paper's: Goyal et al. 2017 ("Accurate, Large Minibatch SGD", section 5.1) start
+            # the last BN's gamma of every residual branch at 0, so each block starts as its shortcut
+            # (torchvision's zero_init_residual). An ablation: it shows what option A's growing
+            # stream at initialisation costs early in training.
+            for module in self.modules():
+                if isinstance(module, (BasicBlock, Bottleneck)) and module.residual:
+                    nn.init.zeros_(module.last_bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -308,7 +327,16 @@ def check_stem(name: str, stem: str) -> None:
         raise ValueError(f"{name} belongs to the paper's CIFAR family; its only legal stem is 'cifar'")
 
 
-def build_model(name: str, *, shortcut: str | None = None, stem: str = "cifar", num_classes: int = 10) -> Network:
+def check_zero_init_residual(name: str, zero_init_residual: bool) -> None:
+    """A ``ValueError`` if ``zero_init_residual`` is asked of a plain network (it has no branches to zero)."""
+    if zero_init_residual and not architecture(name).residual:
+        raise ValueError(f"{name} is a plain network: zero_init_residual applies to residual networks (resnet*) only")
+
+
+def build_model(
+    name: str, *, shortcut: str | None = None, stem: str = "cifar", num_classes: int = 10,
+    zero_init_residual: bool = False,
+) -> Network:
     """Build a registered network (He et al. 2015, Tables 1 and 3, section 4.2).
 
     Args:
@@ -318,10 +346,13 @@ def build_model(name: str, *, shortcut: str | None = None, stem: str = "cifar", 
         stem: ``"cifar"`` (3x3 conv, stride 1, no max-pool) or ``"imagenet"`` (7x7/2 conv and a
             3x3/2 max-pool). The CIFAR family accepts only ``"cifar"``.
         num_classes: size of the final linear layer.
+        zero_init_residual: start the last BN's gamma of every residual branch at 0 (an ablation,
+            Goyal et al. 2017; not the paper's). Residual networks only.
     """
     arch = architecture(name)
     option = resolve_shortcut(name, shortcut)
     check_stem(name, stem)
+    check_zero_init_residual(name, zero_init_residual)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     return Network(
@@ -332,6 +363,7 @@ def build_model(name: str, *, shortcut: str | None = None, stem: str = "cifar", 
         residual=arch.residual,
         stem=stem,
         num_classes=num_classes,
+        zero_init_residual=zero_init_residual,
     )
 
 

@@ -30,6 +30,7 @@ from .paths import project_root
 from .results import (
     CIFAR_DEPTH_NETWORKS,
     DEGRADATION_NETWORKS,
+    ZERO_INIT_A,
     best_runs,
     collect_runs,
     final_training_errors,
@@ -107,12 +108,13 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
         # The networks these runs have: a profile may run part of the family (the laptop's 20 and 56).
         networks = [n for n in CIFAR_DEPTH_NETWORKS if not network_rows(cifar_depth, *n).empty]
         plain = [n for n in networks if n[1] == PLAIN]
-        residual = [n for n in networks if n[1] != PLAIN]
+        residual = [n for n in networks if n[1] == A]
         depth_figure = curves_figure(
             cifar_depth, [(f"plain-{'/'.join(m[5:] for m, _ in plain)}", plain),
                           (f"ResNet-{'/'.join(m[6:] for m, _ in residual)} (option A)", residual)],
             "figure6", "The paper's Figure 6: training error (thin) and test error (bold) against iterations; "
             f"mean over seeds, band = min to max. {_length(cifar_depth)['short']}")
+        ablation = _ablation(cifar_depth, networks)
         depth_verdicts = {f"cifar-{key}": judge(cifar_depth, *claim)
                           for key, claim in _depth_claims(cifar_depth).items()}
         verdicts.update(depth_verdicts)
@@ -120,8 +122,9 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
                                                                            "resnet110")],
                             "figure7-cifar", "The paper's Figure 7 (CIFAR-10 family): std of each 3x3 layer's response "
                             "at the end of training, on a fixed batch of 256 test images.")
-        figures += [f for f in (depth_figure, responses) if f is not None]
+        figures += [f for f in (depth_figure, ablation and ablation["figure"], responses) if f is not None]
         context["cifar_depth"] = {
+            "ablation": ablation,
             "figure": depth_figure, "table": _depth_table(cifar_depth, networks), "length": _length(cifar_depth),
             "verdicts": [_verdict_view(v) for v in depth_verdicts.values()], "last_epoch": uses_last_epoch(cifar_depth),
             "gaps": _gaps(cifar_depth, networks), "figure7": responses,
@@ -172,7 +175,38 @@ def _depth_claims(frame: pd.DataFrame) -> dict[str, tuple]:
     if not network_rows(frame, f"resnet{deep}", A).empty:
         claims["shortcuts"] = ((f"plain{deep}", PLAIN), (f"resnet{deep}", A), "better", "option A")
         claims["depth"] = ((f"resnet{shallow}", A), (f"resnet{deep}", A), "better", "option A")
+    if not network_rows(frame, f"resnet{deep}", ZERO_INIT_A).empty:
+        claims["shortcuts-zero-init"] = ((f"plain{deep}", PLAIN), (f"resnet{deep}", ZERO_INIT_A), "better",
+                                         "the initialisation ablation, not the paper's recipe")
     return claims
+
+
+def _ablation(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> dict[str, Any] | None:
+    """The initialisation ablation beside the network it changes: its curve against the plain net and
+    the default, and the numbers that say why option A starts badly (first-epoch largest step loss,
+    last stage's stream std at initialisation), or None without ablation runs."""
+    zeroed = [n for n in networks if n[1] == ZERO_INIT_A]
+    if not zeroed:
+        return None
+    model = zeroed[0][0]
+    depth = model[len("resnet"):]
+    compared = [n for n in ((f"plain{depth}", PLAIN), (model, A), (model, ZERO_INIT_A)) if n in networks]
+    figure = curves_figure(frame, [(f"{depth} layers: plain, option A, option A with zero-init", compared)],
+                           "zero-init-ablation", "The initialisation ablation: training error (thin) and test error "
+                           "(bold) against iterations; mean over seeds, band = min to max.")
+    stages = sorted({c.split("_")[-1] for c in frame.columns if c.startswith("stage_std_init_")})
+    rows = []
+    for network in compared:
+        runs = network_rows(frame, *network).drop_duplicates("run_id")
+        first = network_rows(frame, *network)
+        first = first[first["epoch"] == 1]["max_step_loss"].dropna()
+        stream = runs[f"stage_std_init_{stages[-1]}"].dropna() if stages else pd.Series(dtype=float)
+        rows.append([label(*network), str(summarise(first)), str(summarise(stream)),
+                     str(summarise(final_training_errors(frame, *network)))])
+    header = ["network", "first epoch's largest step loss", f"{stages[-1] if stages else 'last stage'} stream std "
+              "at init", "final train error (%)"]
+    return {"figure": figure, "table": {"header": header, "rows": rows}, "network": label(model, ZERO_INIT_A),
+            "default": label(model, A)}
 
 
 def _options_table(frame: pd.DataFrame) -> dict[str, list]:

@@ -25,11 +25,14 @@ RUN_COLUMNS = ["study", "profile", "run_id", "experiment_id", "cell", "model", "
                "failure_reason", "parameters", "multiply_adds", "schedule", "iterations", "epochs_planned",
                "batch_size", "precision", "normalisation", "device", "data_provenance", "data_description",
                "git_commit", "git_dirty", "start_time"]
-# The paper's grids, as (model, shortcut) pairs; "none" for plain nets.
+# The paper's grids, as (model, shortcut) pairs; "none" for plain nets. The shortcut column holds the
+# option as the page names the network: "A", or "A, zero-init" for the initialisation ablation
+# (tracking.network_option), a network of its own.
+ZERO_INIT_A = f"A, {tracking.ZERO_INIT_LABEL}"
 DEGRADATION_NETWORKS = [("plain18", "none"), ("plain34", "none"), ("resnet18", "A"), ("resnet18", "B"),
                         ("resnet18", "C"), ("resnet34", "A"), ("resnet34", "B"), ("resnet34", "C")]
 CIFAR_DEPTH_NETWORKS = ([(f"plain{d}", "none") for d in (20, 32, 44, 56)]
-                        + [(f"resnet{d}", "A") for d in (20, 32, 44, 56, 110)])
+                        + [(f"resnet{d}", "A") for d in (20, 32, 44, 56, 110)] + [("resnet56", ZERO_INIT_A)])
 
 
 def collect_runs(study: str, tracking_uri: str | None = None, profile: str | None = None) -> pd.DataFrame:
@@ -82,7 +85,7 @@ def _run_row(run, study: str, profile: str, experiment_id: str) -> dict:
         "study": study, "profile": profile, "run_id": run.info.run_id, "experiment_id": experiment_id,
         "cell": tags.get(tracking.CELL_TAG, run.info.run_name),
         "model": tags.get(tracking.MODEL_TAG, params.get("model")),
-        "shortcut": tags.get(tracking.SHORTCUT_TAG, "none"),
+        "shortcut": tracking.network_option(tags.get(tracking.SHORTCUT_TAG, "none"), params),
         "seed": int(tags.get(tracking.SEED_TAG, params.get("seed", 0))),
         "status": run.info.status, "failure_reason": tags.get(tracking.FAILURE_REASON_TAG, ""),
         "parameters": int(params.get("parameters", 0)), "multiply_adds": int(params.get("multiply_adds", 0)),

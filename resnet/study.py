@@ -22,13 +22,14 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, TrainConfig
+from .config import ABLATION_SETTINGS, ConfigError, TrainConfig
 from .paths import project_root
 
 STUDY_KEYS = {"description", "defaults", "grid", "profiles", "default_profile", "extends"}
 # A profile: its seeds, the settings it gives every cell, optionally which models of the grid it runs
-# (``models``) and how many cells run at once (``jobs``) where the command line does not say.
-PROFILE_KEYS = {"description", "seeds", "settings", "models", "jobs"}
+# (``models``), whether it runs the grid's ablations (``ablations``, default true: cells that set one of
+# ``config.ABLATION_SETTINGS``) and how many cells run at once (``jobs``) where the command line does not say.
+PROFILE_KEYS = {"description", "seeds", "settings", "models", "ablations", "jobs"}
 LIST_VALUED_PARAMETERS = {"milestones"}  # a list here is one value, not a set of alternatives
 EXECUTORS = ("local", "slurm")
 # A batch-128 CIFAR run leaves a large GPU mostly idle: the local runner puts this many cells on
@@ -130,6 +131,9 @@ def load_study(name: str, profile: str | None = None, data: str | None = None, f
         if not isinstance(models, list) or not set(models) <= in_grid:
             raise StudyError(f"profile {profile!r}: models must be a list of the grid's models "
                              f"({', '.join(sorted(map(str, in_grid)))}), got {models!r}")
+    ablations = chosen.get("ablations", True)
+    if not isinstance(ablations, bool):
+        raise StudyError(f"profile {profile!r}: ablations must be true or false, got {ablations!r}")
     jobs = chosen.get("jobs")
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise StudyError(f"profile {profile!r}: jobs must be a positive whole number, got {jobs!r}")
@@ -140,6 +144,8 @@ def load_study(name: str, profile: str | None = None, data: str | None = None, f
         for entry in grid:
             for combination in _expand(entry):
                 if models is not None and combination.get("model") not in models:
+                    continue
+                if not ablations and any(combination.get(setting) for setting in ABLATION_SETTINGS):
                     continue
                 parameters = {**(definition.get("defaults") or {}), **combination, **(chosen.get("settings") or {}),
                               **(overrides or {}), "seed": seed, "study": name}

@@ -76,6 +76,18 @@ def legacy_precision(device_tag: str) -> str:
     return "fp32" if device_tag in ("", "cpu") else "bf16"
 
 
+# The initialisation ablation (config ``zero_init_residual``): how its runs are named and labelled,
+# beside the shortcut option, so that "ResNet-56 (A, zero-init)" is a network of its own on the page.
+ZERO_INIT_PARAM = "zero_init_residual"
+ZERO_INIT_LABEL = "zero-init"
+
+
+def network_option(shortcut_tag: str, params: dict[str, str]) -> str:
+    """The shortcut option as the report keys networks: ``A``, or ``A, zero-init`` for the ablation."""
+    zero_init = str(params.get(ZERO_INIT_PARAM, "False")).lower() == "true"
+    return f"{shortcut_tag}, {ZERO_INIT_LABEL}" if zero_init else shortcut_tag
+
+
 def recorded_settings(params: dict[str, str], device_tag: str) -> dict[str, str]:
     """A run's schedule, precision and normalisation as it ran, also when an earlier version
     recorded it (``LEGACY_*`` above; before precision was a setting, see :func:`legacy_precision`)."""

@@ -22,6 +22,8 @@ from resnet.config import ConfigError, TrainConfig, resolve_precision
         (dict(schedule="multistep", epochs=10), "milestones: the multistep schedule needs milestones"),
         (dict(device="tpu"), "device: unknown device 'tpu'; legal values: auto, cpu, cuda, cuda:N"),
         (dict(warmup="maybe"), "warmup: expected true or false"),
+        (dict(model="plain56", zero_init_residual=True),
+         "zero_init_residual: plain56 is a plain network: zero_init_residual applies to residual networks"),
         (dict(epochs=3, iterations=100), "give either iterations or epochs"),
     ],
 )
@@ -111,3 +113,19 @@ def test_threads_and_evaluation_frequency_are_not_part_of_the_identity():
         TrainConfig(eval_every=0)
     with pytest.raises(ConfigError, match="threads: must be a positive whole number or None, got 0"):
         TrainConfig(threads=0)
+
+
+def test_zero_init_residual_is_part_of_the_identity_and_the_name_and_leaves_earlier_fingerprints_alone():
+    default = TrainConfig(model="resnet56", precision="fp32")
+    zeroed = TrainConfig(model="resnet56", precision="fp32", zero_init_residual=True)
+    assert zeroed.run_name == "resnet56-A-zero-init-s0" and default.run_name == "resnet56-A-s0"
+    assert zeroed.fingerprint() != default.fingerprint()
+    # Left at its default, the setting is not in the identity: runs recorded before it existed keep
+    # their fingerprint (the hash of the identity without the key).
+    identity = {k: v for k, v in default.to_dict().items()
+                if k not in ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell",
+                             "zero_init_residual")}
+    assert default.fingerprint() == hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    assert zeroed.fingerprint() == hashlib.sha256(
+        json.dumps({**identity, "zero_init_residual": True}, sort_keys=True).encode()).hexdigest()[:16]
+    assert zeroed.legacy_fingerprints() == {}

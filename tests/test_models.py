@@ -184,3 +184,37 @@ def test_bad_arguments_name_the_legal_values(kwargs, message):
     name = kwargs.pop("name")
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         build_model(name, **kwargs)
+
+
+@pytest.mark.parametrize("name, shortcut", [("resnet20", "A"), ("resnet18", "B"), ("resnet34", "C"), ("resnet50", "B")])
+def test_zero_init_residual_zeroes_the_last_bn_gamma_of_every_residual_branch_and_nothing_else(name, shortcut):
+    torch.manual_seed(0)
+    default = build_model(name, shortcut=shortcut)
+    torch.manual_seed(0)
+    zeroed = build_model(name, shortcut=shortcut, zero_init_residual=True)
+    last_bn = "bn3" if name == "resnet50" else "bn2"
+    blocks = {block_name for block_name, module in zeroed.named_modules() if hasattr(module, "residual")}
+    expected_zero = {f"{block}.{last_bn}.weight" for block in blocks}
+    zero = {key for key, value in zeroed.state_dict().items() if key.endswith(".weight") and not value.any()}
+    assert zero == expected_zero
+    assert len(expected_zero) == {"resnet20": 9, "resnet18": 8, "resnet34": 16, "resnet50": 16}[name]
+    # Every other tensor is what the default initialisation gives (the same random draws, in order).
+    for key, value in default.state_dict().items():
+        if key not in expected_zero:
+            assert torch.equal(value, zeroed.state_dict()[key]), key
+    assert all(default.state_dict()[key].eq(1).all() for key in expected_zero)
+
+
+def test_a_zero_initialised_residual_network_starts_as_its_shortcuts():
+    torch.manual_seed(0)
+    model = build_model("resnet20", zero_init_residual=True).eval()
+    images = torch.randn(4, 3, 32, 32)
+    stem = model.relu(model.bn1(model.conv1(images)))
+    # Each block then computes relu(0 + shortcut(x)); the stream after the stem is non-negative, so the
+    # first stage passes it on unchanged.
+    assert torch.allclose(model.layer1(stem), stem)
+
+
+def test_zero_init_residual_on_a_plain_network_is_an_error():
+    with pytest.raises(ValueError, match="plain network: zero_init_residual applies to residual networks"):
+        build_model("plain20", zero_init_residual=True)
