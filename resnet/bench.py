@@ -6,6 +6,10 @@
     channels_last on CUDA;
 (c) ours, as ``train()`` runs it: (b) with the whole step captured in a CUDA graph on CUDA.
 
+On a CPU it then times the step alone on one thread (as each cell of the laptop profile runs) in
+fp32, fp32 channels_last, bf16 channels_last, and bf16 with ``torch.compile`` (inductor), with the
+seconds its first steps took (compilation, for the compiled one).
+
 Prints images/s for each, the ratio (c)/(a), and the share of the device's peak bf16 FLOP/s,
 counting 6 x multiply-adds per image for a training step (2 FLOPs per multiply-add; the backward
 pass costs about twice the forward). A measurement, not a test: numbers depend on the machine.
@@ -154,6 +158,45 @@ def project_loop(
     return steps * batch_size / seconds, step.mode, record.loss_sum.item() / (steps * batch_size)
 
 
+# The step variants `make bench` weighs on a CPU for the laptop profile's cells (one thread each):
+# (name, precision, channels_last, torch.compile). The profile runs what measured fastest.
+CPU_STEP_VARIANTS = (
+    ("fp32", "fp32", False, False),
+    ("fp32 channels_last", "fp32", True, False),
+    ("bf16 channels_last", "bf16", True, False),
+    ("bf16 channels_last, compiled", "bf16", True, True),
+)
+
+
+def cpu_step_variant(model_name: str, batch_size: int, steps: int, untimed_steps: int, precision_name: str,
+                     channels_last: bool, compiled: bool) -> tuple[float, float]:
+    """One training step (forward, backward, our SGD) on a fixed batch on the CPU: images/s over
+    ``steps`` timed steps, and the seconds the ``untimed_steps`` before them took (for a compiled
+    step, mostly compilation: inductor's cost, paid once per process)."""
+    torch.manual_seed(0)
+    precision = Precision(torch.device("cpu"), precision_name)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(model_name).to(memory_format=layout)
+    optimizer = SGD(model.parameters(), torch.tensor(paper.LEARNING_RATE), paper.MOMENTUM, paper.WEIGHT_DECAY)
+    images = torch.randn(batch_size, 3, 32, 32).to(precision.input_dtype).contiguous(memory_format=layout)
+    labels = torch.randint(0, 10, (batch_size,))
+
+    def forward_backward():
+        with precision.autocast():
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+
+    step = torch.compile(forward_backward) if compiled else forward_backward
+    started = time.perf_counter()
+    for index in range(untimed_steps + steps):
+        if index == untimed_steps:
+            warm_up, started = time.perf_counter() - started, time.perf_counter()
+        optimizer.zero_grad()
+        step()
+        optimizer.step()
+    return steps * batch_size / (time.perf_counter() - started), warm_up
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -175,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         help="steps run before the clock starts (default: 30 on CUDA, 1 on the CPU)",
     )
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the reference loop")
+    parser.add_argument("--cpu-variants", default=None, metavar="MODELS",
+                        help="on the CPU, also time the step variants (fp32/bf16, channels_last, torch.compile) on "
+                             "one thread for these models (default: resnet56, the laptop profile's slowest; 'none' "
+                             "to skip)")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -218,7 +265,31 @@ def main(argv: list[str] | None = None) -> int:
             f"{share:>11} {eager_loss:>8.4f}/{ours_loss:.4f}",
             flush=True,
         )
+    if not on_cuda and args.cpu_variants != "none":
+        _print_cpu_variants(parser, (args.cpu_variants or "resnet56").split(","), args.batch_size, steps, untimed)
     return 0
+
+
+def _print_cpu_variants(parser: argparse.ArgumentParser, models: list[str], batch_size: int, steps: int,
+                        untimed: int) -> None:
+    """The step variants side by side on one thread, as each of the laptop profile's two cells runs."""
+    for name in models:
+        if name not in list_models():
+            parser.error(f"--cpu-variants: unknown model {name!r}; legal values: {', '.join(list_models())}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    print(f"\nthe step alone on one thread (fixed batch of {batch_size}; {steps} timed steps after {untimed}):")
+    header = f"{'model':<10} {'variant':<30} {'img/s':>8} {'first steps (s)':>16}"
+    print(header)
+    print("-" * len(header))
+    try:
+        for name in models:
+            for variant, precision_name, channels_last, compiled in CPU_STEP_VARIANTS:
+                speed, warm_up = cpu_step_variant(name, batch_size, steps, untimed, precision_name, channels_last,
+                                                  compiled)
+                print(f"{name:<10} {variant:<30} {speed:>8,.0f} {warm_up:>16.1f}", flush=True)
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -118,3 +118,29 @@ def _render(figure, name: str, caption: str) -> Figure:
     figure.savefig(svg, format="svg", bbox_inches="tight")
     plt.close(figure)
     return Figure(name, caption, png.getvalue(), svg.getvalue())
+
+
+def verdict_length_figure(panels: list[tuple[str, pd.DataFrame]], name: str, caption: str) -> Figure:
+    """One panel per claim: the paired difference in final training error (subject minus reference)
+    of runs stopped at each epoch boundary, its 95% interval as a band, and where the verdict reads
+    Yes; ``panels`` holds (title, :func:`resnet.statistics.verdicts_by_length` table)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False)
+    for axis, (title, table) in zip(axes[0], panels):
+        colour = PANEL_COLOURS[0]
+        axis.axhline(0, color="#555", linewidth=0.8)
+        axis.plot(table["step"], table["mean"], color=colour, linewidth=1.4, label="mean paired difference")
+        axis.fill_between(table["step"], table["low"], table["high"], color=colour, alpha=0.2, linewidth=0,
+                          label="95% CI")
+        yes = table[table["answer"] == "Yes"]
+        axis.scatter(yes["step"], yes["mean"], s=12, color="#2a7", zorder=3, label="verdict: Yes")
+        # Two or three seeds give intervals tens of points wide early on: keep the means readable.
+        limit = min(60.0, max(10.0, 1.5 * table["mean"].abs().max()))
+        axis.set_ylim(-limit, limit)
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("iterations (a run stopped there)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    axes[0][0].set_ylabel("difference in final training error (points)")
+    figure.tight_layout()
+    return _render(figure, name, caption)

@@ -25,7 +25,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from . import paper, tracking
-from .figures import Figure, curves_figure, figure7
+from .figures import Figure, curves_figure, figure7, verdict_length_figure
 from .paths import project_root
 from .results import (
     CIFAR_DEPTH_NETWORKS,
@@ -41,7 +41,7 @@ from .results import (
     uses_last_epoch,
     write_csv,
 )
-from .statistics import CONFIDENCE, Verdict, judge, summarise, t_multiplier
+from .statistics import CONFIDENCE, Verdict, judge, summarise, t_multiplier, verdicts_by_length
 
 DEFAULT_UI = "http://127.0.0.1:5000"
 GUESSING_LOSS = math.log(10)  # cross-entropy of a uniform guess among ten classes: ln 10 = 2.30
@@ -115,16 +115,18 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
             "figure6", "The paper's Figure 6: training error (thin) and test error (bold) against iterations; "
             f"mean over seeds, band = min to max. {_length(cifar_depth)['short']}")
         ablation = _ablation(cifar_depth, networks)
-        depth_verdicts = {f"cifar-{key}": judge(cifar_depth, *claim)
-                          for key, claim in _depth_claims(cifar_depth).items()}
+        depth_claims = _depth_claims(cifar_depth)
+        depth_verdicts = {f"cifar-{key}": judge(cifar_depth, *claim) for key, claim in depth_claims.items()}
+        by_length = _by_length(cifar_depth, depth_claims)
         verdicts.update(depth_verdicts)
         responses = figure7(cifar_depth, [n for n in networks if n[0] in ("plain20", "plain56", "resnet20", "resnet56",
                                                                            "resnet110")],
                             "figure7-cifar", "The paper's Figure 7 (CIFAR-10 family): std of each 3x3 layer's response "
                             "at the end of training, on a fixed batch of 256 test images.")
-        figures += [f for f in (depth_figure, ablation and ablation["figure"], responses) if f is not None]
+        figures += [f for f in (depth_figure, by_length and by_length["figure"], ablation and ablation["figure"],
+                                responses) if f is not None]
         context["cifar_depth"] = {
-            "ablation": ablation,
+            "ablation": ablation, "by_length": by_length,
             "figure": depth_figure, "table": _depth_table(cifar_depth, networks), "length": _length(cifar_depth),
             "verdicts": [_verdict_view(v) for v in depth_verdicts.values()], "last_epoch": uses_last_epoch(cifar_depth),
             "gaps": _gaps(cifar_depth, networks), "figure7": responses,
@@ -179,6 +181,55 @@ def _depth_claims(frame: pd.DataFrame) -> dict[str, tuple]:
         claims["shortcuts-zero-init"] = ((f"plain{deep}", PLAIN), (f"resnet{deep}", ZERO_INIT_A), "better",
                                          "the initialisation ablation, not the paper's recipe")
     return claims
+
+
+def _by_length(frame: pd.DataFrame, claims: dict[str, tuple]) -> dict[str, Any] | None:
+    """Where along the run each claim would be decided: the verdicts of runs stopped at every epoch
+    boundary, read off these runs (``statistics.verdicts_by_length``). Only for runs that are
+    prefixes of longer ones: the paper's schedule at the paper's batch of 128 (one epoch is then at
+    most 390 steps, the final-error window). None otherwise."""
+    runs = frame.drop_duplicates("run_id")
+    if set(runs["schedule"]) != {"paper"} or {str(b) for b in runs["batch_size"]} != {str(paper.BATCH_SIZE)}:
+        return None
+    panels, notes = [], []
+    for key in ("degradation", "shortcuts", "shortcuts-zero-init"):
+        if key not in claims:
+            continue
+        reference, subject, claim, _ = claims[key]
+        table = verdicts_by_length(frame, reference, subject, claim)
+        if table.empty or table["n"].max() < 2:
+            continue
+        names = label(*reference), label(*subject)
+        panels.append((f"{names[1]} minus {names[0]}", table))
+        notes.append(_length_note(table, names, claim))
+    if not panels:
+        return None
+    figure = verdict_length_figure(
+        panels, "verdicts-by-length", "Each claim's evidence for a run stopped at each epoch boundary (read off "
+        "these runs, of which a shorter run is an exact prefix): the paired difference in final training error with "
+        "its 95% CI; green dots where the verdict reads Yes.")
+    return {"figure": figure, "notes": notes}
+
+
+def _length_note(table: pd.DataFrame, names: tuple[str, str], claim: str) -> str:
+    """Where the mean curves cross and where the verdict first, and for good, reads Yes."""
+    sign = 1 if claim == "worse" else -1
+    side = "above" if claim == "worse" else "below"
+    crossed = table[sign * table["mean"] > 0]
+    yes = table["answer"] == "Yes"
+    settled = table[yes[::-1].cummin()[::-1]]  # the boundaries from which every later one reads Yes
+    last = int(table["step"].iloc[-1])
+    text = f"{names[1]} trains {claim} than {names[0]}: "
+    text += (f"the mean training error of {names[1]} is first {side} that of {names[0]} at iteration "
+             f"{int(crossed['step'].iloc[0]):,}" if not crossed.empty else
+             f"the mean training error of {names[1]} is never {side} that of {names[0]} at an epoch boundary")
+    if not yes.any():
+        return text + f"; the verdict never reads Yes within these {last:,} iterations (n = {table['n'].min()} seeds)."
+    text += f"; the verdict first reads Yes at iteration {int(table.loc[yes, 'step'].iloc[0]):,}"
+    if settled.empty:
+        return text + f", and not at the last boundary ({last:,}) (n = {table['n'].min()} seeds)."
+    return text + (f", and at every boundary from {int(settled['step'].iloc[0]):,} to the last ({last:,}) "
+                   f"(n = {table['n'].min()} seeds).")
 
 
 def _ablation(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> dict[str, Any] | None:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import pandas as pd
 from scipy import stats
 
-from .results import final_training_errors, label
+from .results import final_training_errors, label, network_rows
+from .tracking import STATUS_FINISHED
 
 CONFIDENCE = 0.95
 ANSWERS = ("Yes", "No", "Not decided")
@@ -110,16 +111,43 @@ def judge(frame: pd.DataFrame, reference: tuple[str, str], subject: tuple[str, s
     statement = f"{names[1]} trains {claim} than {names[0]}"
     first, second = final_training_errors(frame, *reference), final_training_errors(frame, *subject)
     difference = PairedDifference.of(first, second)
+    answer = _answer(difference, claim)
+    return Verdict(statement, answer, difference, _sentence(statement, answer, difference, names, note, first, second))
+
+
+def verdicts_by_length(frame: pd.DataFrame, reference: tuple[str, str], subject: tuple[str, str],
+                       claim: str) -> pd.DataFrame:
+    """The verdict of :func:`judge` for runs stopped at each epoch boundary, read off longer runs.
+
+    Valid where a shorter run is an exact prefix of a longer one: the ``paper`` schedule (its lr drops
+    are absolute iterations) and a final-error window of one epoch (``min(390, steps per epoch)``
+    steps), so that an epoch's training error is the final training error of a run stopped there.
+    One row per step that every seed of both networks reached: ``step, mean, low, high, n, answer``.
+    """
+    def per_seed(network: tuple[str, str]) -> pd.DataFrame:
+        rows = network_rows(frame, *network)
+        rows = rows[rows["status"] == STATUS_FINISHED].dropna(subset=["step", "train_error"])
+        return rows.pivot_table(index="step", columns="seed", values="train_error")
+
+    first, second = per_seed(reference), per_seed(subject)
+    rows = []
+    for step in first.index.intersection(second.index):
+        difference = PairedDifference.of(first.loc[step].dropna(), second.loc[step].dropna())
+        rows.append({"step": int(step), "mean": difference.mean, "low": difference.low, "high": difference.high,
+                     "n": difference.n, "answer": _answer(difference, claim)})
+    return pd.DataFrame(rows, columns=["step", "mean", "low", "high", "n", "answer"])
+
+
+def _answer(difference: PairedDifference, claim: str) -> str:
+    """``Yes`` when the interval lies wholly on the claimed side of zero, ``No`` on the other side."""
     sign = 1 if claim == "worse" else -1
     if difference.n < 2 or math.isnan(difference.low):
-        answer = "Not decided"
-    elif sign * difference.low > 0 and sign * difference.high > 0:
-        answer = "Yes"
-    elif sign * difference.low < 0 and sign * difference.high < 0:
-        answer = "No"
-    else:
-        answer = "Not decided"
-    return Verdict(statement, answer, difference, _sentence(statement, answer, difference, names, note, first, second))
+        return "Not decided"
+    if sign * difference.low > 0 and sign * difference.high > 0:
+        return "Yes"
+    if sign * difference.low < 0 and sign * difference.high < 0:
+        return "No"
+    return "Not decided"
 
 
 def _sentence(statement: str, answer: str, difference: PairedDifference, names: tuple[str, str], note: str,

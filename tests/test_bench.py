@@ -36,7 +36,7 @@ def _independent_mean_loss(steps: int, untimed_steps: int, batch_size: int) -> f
 
 def test_bench_runs_small_on_the_cpu_and_prints_the_ratio_and_the_true_loss(capsys):
     assert main(["--models", "resnet20", "--steps", "2", "--untimed-steps", "1", "--workers", "0",
-                 "--batch-size", "16"]) == 0
+                 "--batch-size", "16", "--cpu-variants", "none"]) == 0
     output = capsys.readouterr().out
     assert "device: cpu; batch 16; 2 timed steps after 1 untimed; ours in fp32; peak FLOP/s unknown" in output
     row = next(line for line in output.splitlines() if line.startswith("resnet20"))
@@ -52,3 +52,20 @@ def test_bench_runs_small_on_the_cpu_and_prints_the_ratio_and_the_true_loss(caps
 
 def test_peak_flops_is_unknown_on_the_cpu():
     assert peak_flops(torch.device("cpu")) is None
+
+
+def test_bench_on_the_cpu_times_the_step_variants_on_one_thread_compiled_included(capsys):
+    threads = torch.get_num_threads()
+    assert main(["--models", "resnet20", "--steps", "1", "--untimed-steps", "1", "--workers", "0",
+                 "--batch-size", "8", "--cpu-variants", "resnet20"]) == 0
+    output = capsys.readouterr().out
+    assert "the step alone on one thread (fixed batch of 8; 1 timed steps after 1):" in output
+    rows = [line for line in output.splitlines() if line.startswith("resnet20") and "channels_last" in line
+            or line.startswith("resnet20   fp32 ")]
+    variants = [re.match(r"resnet20\s+(.+?)\s+[\d,]+\s+[\d.]+$", row).group(1) for row in rows]
+    assert variants == ["fp32", "fp32 channels_last", "bf16 channels_last", "bf16 channels_last, compiled"]
+    speeds = [float(row.split()[-2].replace(",", "")) for row in rows]
+    first_steps = [float(row.split()[-1]) for row in rows]
+    assert all(speed > 0 for speed in speeds)
+    assert first_steps[3] > max(first_steps[:3])  # the compiled step pays for inductor in its first step
+    assert torch.get_num_threads() == threads

@@ -32,19 +32,22 @@ def _make_store(uri: str, finals: dict, study: str = "degradation", status: str 
     """``finals``: {(model, shortcut): [final training error per seed]}. Each run logs per-epoch
     curves ending at its final value (test error = train error + 10), that value as its
     final_train_error, a first-epoch largest step loss of 3.0 for option A and 1.9 otherwise, and
-    (with ``diagnostics``) Figure 7 and stage statistics."""
+    (with ``diagnostics``) Figure 7 and stage statistics (last stage at init: 1.8 for option A, else
+    0.9). A shortcut of ``"A, zero-init"`` is option A with ``zero_init_residual``."""
     client = tracking.client(tracking.prepare_store(uri))
     experiment = tracking.experiment_id(study, uri)
     parent = client.create_run(
         experiment, run_name=f"{study}-{profile}",
         tags={tracking.ROLE_TAG: tracking.ROLE_STUDY, tracking.PROFILE_TAG: profile},
     ).info.run_id
-    for (model, shortcut), values in finals.items():
+    for (model, network_option), values in finals.items():
+        # "A, zero-init": option A with the initialisation ablation, as the page keys it.
+        shortcut, _, variant = network_option.partition(", ")
         network = build_model(model, shortcut=None if shortcut == "none" else shortcut)
         for seed, final in enumerate(values):
-            if (model, shortcut, seed) in skip:
+            if (model, network_option, seed) in skip:
                 continue
-            name = f"{model}{'-' + shortcut if shortcut != 'none' else ''}-s{seed}"
+            name = f"{model}{'-' + shortcut if shortcut != 'none' else ''}{'-' + variant if variant else ''}-s{seed}"
             run_id = tracking.create_run(client, experiment, name, {
                 tracking.ROLE_TAG: tracking.ROLE_CELL, tracking.PARENT_TAG: parent, tracking.MODEL_TAG: model,
                 tracking.SHORTCUT_TAG: shortcut, tracking.SEED_TAG: str(seed), tracking.CELL_TAG: name,
@@ -53,10 +56,10 @@ def _make_store(uri: str, finals: dict, study: str = "degradation", status: str 
                 tracking.GIT_COMMIT_TAG: "0123456789abcdef", tracking.GIT_DIRTY_TAG: "false",
             }, {"parameters": count_parameters(network), "multiply_adds": count_multiply_adds(network),
                 "schedule": "paper", "iterations": EPOCHS * STEPS_PER_EPOCH, "batch_size": 128, "precision": "bf16",
-                "normalisation": "per-pixel"})
+                "normalisation": "per-pixel", tracking.ZERO_INIT_PARAM: variant == tracking.ZERO_INIT_LABEL})
             metrics = []
             for epoch, value in enumerate(_curve(final), start=1):
-                spike = (3.0 if shortcut == "A" else 1.9) if epoch == 1 else 1.0
+                spike = (3.0 if network_option == "A" else 1.9) if epoch == 1 else 1.0
                 metrics += [Metric("train_error", value, 0, epoch), Metric("test_error", value + 10, 0, epoch),
                             Metric("train_loss", value / 50, 0, epoch), Metric("test_loss", value / 40, 0, epoch),
                             Metric("step", epoch * STEPS_PER_EPOCH, 0, epoch), Metric("max_step_loss", spike, 0, epoch)]
@@ -66,7 +69,7 @@ def _make_store(uri: str, finals: dict, study: str = "degradation", status: str 
                 metrics += [Metric(f"response_std_{layer}", 1.0 / (i + 1) + depth / 100, 0, EPOCHS)
                             for i, layer in enumerate(LAYERS)]
                 for stage, growth in (("layer1", 1.0), ("layer2", 1.5)):
-                    init = growth * (1.2 if shortcut == "A" else 0.6)
+                    init = growth * (1.2 if network_option == "A" else 0.6)
                     metrics += [Metric(f"stage_std_init_{stage}", init, 0, 0),
                                 Metric(f"stage_std_final_{stage}", init * 2, 0, EPOCHS)]
             client.log_batch(run_id, metrics=metrics)
@@ -286,3 +289,61 @@ def test_the_laptop_miniature_says_what_it_is_and_the_default_page_leaves_smoke_
         "No: ResNet-56 (A) trains better than plain-56 (option A)",
         "No: ResNet-56 (A) trains better than ResNet-20 (A) (option A)"]
     assert sorted(p.name for p in (tmp_path / "f").glob("*.png")) == ["figure6.png", "figure7-cifar.png"]
+
+
+def test_the_zero_init_ablation_is_a_network_of_its_own_with_its_verdict_figure_and_numbers(store, tmp_path):
+    miniature = {("plain20", "none"): [60.0, 58.0, 61.0], ("plain56", "none"): [80.0, 79.0, 82.0],
+                 ("resnet20", "A"): [55.0, 54.0, 57.0], ("resnet56", "A"): [84.0, 82.5, 86.5],
+                 ("resnet56", "A, zero-init"): [62.0, 63.0, 62.5]}
+    _make_store(store, miniature, study="cifar-depth", profile="laptop")
+    frame = collect_runs("cifar-depth", store)
+    assert sorted(set(frame["shortcut"])) == ["A", "A, zero-init", "none"]
+    report = build_report(frame.iloc[0:0], frame)
+    claims = {v.claim: v.answer for v in report.verdicts.values()}
+    assert claims == {"plain-56 trains worse than plain-20": "Yes", "ResNet-56 (A) trains better than plain-56": "No",
+                      "ResNet-56 (A) trains better than ResNet-20 (A)": "No",
+                      "ResNet-56 (A, zero-init) trains better than plain-56": "Yes"}
+    ablation = report.verdicts["cifar-shortcuts-zero-init"]
+    assert ablation.difference.differences == (pytest.approx(-18.0), pytest.approx(-16.0), pytest.approx(-19.5))
+    assert ablation.sentence.startswith("Yes: ResNet-56 (A, zero-init) trains better than plain-56 (the "
+                                        "initialisation ablation, not the paper's recipe).")
+    assert [f.name for f in report.figures] == ["figure6", "verdicts-by-length", "zero-init-ablation", "figure7-cifar"]
+    html = " ".join(report.html.split())
+    # The ablation's table: first-epoch largest step loss, last stage's stream std at init, final error.
+    assert ("<tr><td>ResNet-56 (A)</td><td>3.00 ± 0.00</td><td>1.80 ± 0.00</td><td>84.33 ± 2.02</td></tr>"
+            "<tr><td>ResNet-56 (A, zero-init)</td><td>1.90 ± 0.00</td><td>0.90 ± 0.00</td><td>62.50 ± 0.50</td></tr>"
+            ) in html
+    assert "Why option A starts badly: the initialisation ablation" in html
+    # Every fixture curve has the same shape, so each claim reads the same at every epoch boundary.
+    assert ("<li>ResNet-56 (A) trains better than plain-56: the mean training error of ResNet-56 (A) is never below "
+            "that of plain-56 at an epoch boundary; the verdict never reads Yes within these 50 iterations (n = 3 "
+            "seeds).</li>") in html
+    assert ("<li>ResNet-56 (A, zero-init) trains better than plain-56: the mean training error of ResNet-56 (A, "
+            "zero-init) is first below that of plain-56 at iteration 10; the verdict first reads Yes at iteration 10, "
+            "and at every boundary from 10 to the last (50) (n = 3 seeds).</li>") in html
+
+
+def test_verdicts_by_length_read_each_epoch_boundary_as_a_run_stopped_there():
+    from resnet.report import _length_note
+    from resnet.statistics import verdicts_by_length
+
+    differences = {10: (5.0, 6.0, 4.0), 20: (-1.0, 1.0, -0.5), 30: (-5.0, -6.0, -4.0), 40: (-5.0, 1.0, -4.0)}
+    rows = []
+    for step, per_seed in differences.items():
+        for seed, difference in enumerate(per_seed):
+            base = {"step": step, "seed": seed, "status": "FINISHED", "shortcut": "none"}
+            rows += [{**base, "model": "plain56", "train_error": 80.0 + seed},
+                     {**base, "model": "resnet56", "shortcut": "A", "train_error": 80.0 + seed + difference}]
+    table = verdicts_by_length(pd.DataFrame(rows), ("plain56", "none"), ("resnet56", "A"), "better")
+    assert list(table["step"]) == [10, 20, 30, 40] and list(table["n"]) == [3] * 4
+    assert list(table["answer"]) == ["No", "Not decided", "Yes", "Not decided"]
+    assert table["mean"].tolist() == pytest.approx([5.0, -0.5 / 3, -5.0, -8.0 / 3])
+    low, high = stats.ttest_rel([75.0, 75.0, 78.0], [80.0, 81.0, 82.0]).confidence_interval(0.95)
+    assert (table["low"][2], table["high"][2]) == (pytest.approx(low), pytest.approx(high))
+    assert _length_note(table, ("plain-56", "ResNet-56 (A)"), "better") == (
+        "ResNet-56 (A) trains better than plain-56: the mean training error of ResNet-56 (A) is first below that of "
+        "plain-56 at iteration 20; the verdict first reads Yes at iteration 30, and not at the last boundary (40) "
+        "(n = 3 seeds).")
+    settled = table.iloc[:3]
+    assert _length_note(settled, ("plain-56", "ResNet-56 (A)"), "better").endswith(
+        "first reads Yes at iteration 30, and at every boundary from 30 to the last (30) (n = 3 seeds).")
