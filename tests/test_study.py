@@ -1,5 +1,6 @@
 """Studies through real papermill and real kernels: end to end, idempotent, failures, kill/resume."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -198,8 +199,14 @@ def test_precision_set_on_the_command_line_makes_its_own_finished_cells(store, t
 
 def test_the_laptop_profile_is_the_papers_cifar_experiment_in_miniature():
     study = load_study("cifar-depth", "laptop")
-    assert study.jobs == 2 and len(study.cells) == 4 * 3
-    assert [c.name for c in study.cells[:4]] == ["plain20-s0", "plain56-s0", "resnet20-A-s0", "resnet56-A-s0"]
+    assert study.jobs == 2 and len(study.cells) == 5 * 3
+    assert [c.name for c in study.cells[:5]] == ["plain20-s0", "plain56-s0", "resnet20-A-s0", "resnet56-A-s0",
+                                                 "resnet56-A-zero-init-s0"]
+    # The ablation, labelled: ResNet-56 (A) with zero-init, and nothing else changed.
+    ablation = {c.name: c.config for c in study.cells}["resnet56-A-zero-init-s1"]
+    assert ablation.zero_init_residual and [c.config.zero_init_residual for c in study.cells].count(True) == 3
+    assert ablation == dataclasses.replace({c.name: c.config for c in study.cells}["resnet56-A-s1"],
+                                           zero_init_residual=True, run_name=ablation.run_name, cell=ablation.cell)
     config = study.cells[0].config
     # The paper's recipe, unchanged; what the profile cuts is the data, the length and the networks.
     assert (config.lr, config.momentum, config.weight_decay, config.batch_size) == (0.1, 0.9, 1e-4, 128)
@@ -214,7 +221,22 @@ def test_without_a_gpu_make_reproduce_runs_the_laptop_profile(monkeypatch, capsy
     assert main(["--list"]) == 0
     printed = capsys.readouterr().out
     assert "study cifar-depth, profile laptop" in printed
-    assert printed.count("-s") == 12 and "resnet56-A-s2" in printed and "plain18" not in printed
+    cells = [line.split()[0] for line in printed.splitlines()[1:]]
+    assert cells == [f"{network}-s{seed}" for seed in range(3) for network in
+                     ("plain20", "plain56", "resnet20-A", "resnet56-A", "resnet56-A-zero-init")]
+
+
+def test_the_cpu_long_profile_is_the_faithful_recipe_for_2000_iterations_without_the_ablation():
+    study = load_study("cifar-depth", "cpu-long")
+    assert study.jobs == 2
+    assert [c.name for c in study.cells] == [f"{network}-s{seed}" for seed in range(3)
+                                             for network in ("plain20", "plain56", "resnet20-A", "resnet56-A")]
+    configs = [c.config for c in study.cells]
+    assert {(c.iterations, c.train_subset, c.eval_every, c.warmup, c.zero_init_residual) for c in configs} == {
+        (2000, 5000, 4, False, False)}
+    # The laptop profile's cells are these runs stopped at 234 iterations: the same identity otherwise.
+    laptop = {c.name: c.config for c in load_study("cifar-depth", "laptop").cells}
+    assert all(dataclasses.replace(c, iterations=234, eval_every=2) == laptop[c.run_name] for c in configs)
 
 
 def test_profile_models_and_jobs_are_checked(tmp_path):
@@ -227,3 +249,11 @@ def test_profile_models_and_jobs_are_checked(tmp_path):
         load_study(str(tmp_path / "odd.yaml"), "b")
     chosen = load_study(str(tmp_path / "odd.yaml"), "c")
     assert [c.name for c in chosen.cells] == ["plain20-s0"] and chosen.jobs == 3
+    (tmp_path / "ablated.yaml").write_text(
+        "grid: [{model: resnet20}, {model: resnet20, zero_init_residual: true}]\n"
+        "profiles:\n  all: {}\n  faithful: {ablations: false}\n  odd: {ablations: sometimes}\n")
+    assert [c.name for c in load_study(str(tmp_path / "ablated.yaml"), "all").cells] == [
+        "resnet20-A-s0", "resnet20-A-zero-init-s0"]
+    assert [c.name for c in load_study(str(tmp_path / "ablated.yaml"), "faithful").cells] == ["resnet20-A-s0"]
+    with pytest.raises(StudyError, match="ablations must be true or false, got 'sometimes'"):
+        load_study(str(tmp_path / "ablated.yaml"), "odd")
