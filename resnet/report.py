@@ -246,18 +246,21 @@ def _ablation(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> dict[str,
                            "zero-init-ablation", "The initialisation ablation: training error (thin) and test error "
                            "(bold) against iterations; mean over seeds, band = min to max.")
     stages = sorted({c.split("_")[-1] for c in frame.columns if c.startswith("stage_std_init_")})
-    rows = []
+    last_stage = stages[-1] if stages else "last stage"
+    rows, numbers = [], {}
     for network in compared:
         runs = network_rows(frame, *network).drop_duplicates("run_id")
         first = network_rows(frame, *network)
         first = first[first["epoch"] == 1]["max_step_loss"].dropna()
-        stream = runs[f"stage_std_init_{stages[-1]}"].dropna() if stages else pd.Series(dtype=float)
+        stream = runs[f"stage_std_init_{last_stage}"].dropna() if stages else pd.Series(dtype=float)
+        numbers[network[1]] = {"loss": summarise(first), "stream": summarise(stream)}
         rows.append([label(*network), str(summarise(first)), str(summarise(stream)),
                      str(summarise(final_training_errors(frame, *network)))])
-    header = ["network", "first epoch's largest step loss", f"{stages[-1] if stages else 'last stage'} stream std "
-              "at init", "final train error (%)"]
+    header = ["network", "first epoch's largest step loss", f"{last_stage} stream std at init",
+              "final train error (%)"]
     return {"figure": figure, "table": {"header": header, "rows": rows}, "network": label(model, ZERO_INIT_A),
-            "default": label(model, A)}
+            "default": label(model, A), "plain": label(f"plain{depth}", PLAIN), "stage": last_stage,
+            "numbers": numbers if A in numbers and ZERO_INIT_A in numbers else None}
 
 
 def _options_table(frame: pd.DataFrame) -> dict[str, list]:
@@ -354,6 +357,8 @@ def _provenance(frame: pd.DataFrame, ui_base: str) -> dict[str, Any]:
         "studies": listed("study"), "profiles": listed("profile"), "commits": ", ".join(sorted(commits)),
         "devices": listed("device"), "precisions": listed("precision"), "normalisations": listed("normalisation"),
         "lengths": _length(frame)["long"], "seeds": ", ".join(map(str, sorted(set(runs["seed"])))),
+        "zero_init": ", ".join(sorted({label(model, option) for model, option in zip(runs["model"], runs["shortcut"])
+                                       if option == ZERO_INIT_A})),
         "data": "; ".join(data) or "—",
         "runs": {"header": ["cell", "seed", "status", "note", "MLflow run (open with make ui)"], "rows": rows},
     }

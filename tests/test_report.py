@@ -288,7 +288,8 @@ def test_the_laptop_miniature_says_what_it_is_and_the_default_page_leaves_smoke_
         "Yes: plain-56 trains worse than plain-20 (the degradation problem)",
         "No: ResNet-56 (A) trains better than plain-56 (option A)",
         "No: ResNet-56 (A) trains better than ResNet-20 (A) (option A)"]
-    assert sorted(p.name for p in (tmp_path / "f").glob("*.png")) == ["figure6.png", "figure7-cifar.png"]
+    assert sorted(p.name for p in (tmp_path / "f").glob("*.png")) == ["figure6.png", "figure7-cifar.png",
+                                                                      "verdicts-by-length.png"]
 
 
 def test_the_zero_init_ablation_is_a_network_of_its_own_with_its_verdict_figure_and_numbers(store, tmp_path):
@@ -314,6 +315,10 @@ def test_the_zero_init_ablation_is_a_network_of_its_own_with_its_verdict_figure_
             "<tr><td>ResNet-56 (A, zero-init)</td><td>1.90 ± 0.00</td><td>0.90 ± 0.00</td><td>62.50 ± 0.50</td></tr>"
             ) in html
     assert "Why option A starts badly: the initialisation ablation" in html
+    assert ("<code>zero_init_residual</code> (each residual branch's last BN gamma at 0) for ResNet-56 (A, zero-init) "
+            "only, the ablation.</li>") in html
+    assert ("Measured here: the layer2 stream's std at initialisation is 1.80 ± 0.00 for ResNet-56 (A) and 0.90 ± 0.00 "
+            "with zero-init; the first epoch's largest step loss is 3.00 ± 0.00 against 1.90 ± 0.00") in html
     # Every fixture curve has the same shape, so each claim reads the same at every epoch boundary.
     assert ("<li>ResNet-56 (A) trains better than plain-56: the mean training error of ResNet-56 (A) is never below "
             "that of plain-56 at an epoch boundary; the verdict never reads Yes within these 50 iterations (n = 3 "
