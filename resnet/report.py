@@ -286,7 +286,7 @@ def _depth_table(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> dict[s
     for model, shortcut in networks:
         train = summarise(final_training_errors(frame, model, shortcut))
         test = summarise(final_values(frame, model, shortcut, "test_error"))
-        reference = paper.CIFAR_TEST_ERROR.get(model)
+        reference = paper.CIFAR_TEST_ERROR.get(model) if shortcut in (A, PLAIN) else None  # not the ablation
         text = f"{reference:.2f}" if reference else "—"
         if model == "resnet110":
             mean, std = paper.CIFAR_RESNET110_MEAN_STD

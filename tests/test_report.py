@@ -315,6 +315,9 @@ def test_the_zero_init_ablation_is_a_network_of_its_own_with_its_verdict_figure_
             "<tr><td>ResNet-56 (A, zero-init)</td><td>1.90 ± 0.00</td><td>0.90 ± 0.00</td><td>62.50 ± 0.50</td></tr>"
             ) in html
     assert "Why option A starts badly: the initialisation ablation" in html
+    # Table 6 has no zero-init network: the paper's column stays empty for it.
+    assert "<td>ResNet-56 (A)</td><td>84.33 ± 2.02</td><td>94.33 ± 2.02</td><td>6.97</td>" in html
+    assert "<td>ResNet-56 (A, zero-init)</td><td>62.50 ± 0.50</td><td>72.50 ± 0.50</td><td>—</td>" in html
     assert ("<code>zero_init_residual</code> (each residual branch's last BN gamma at 0) for ResNet-56 (A, zero-init) "
             "only, the ablation.</li>") in html
     assert ("Measured here: the layer2 stream's std at initialisation is 1.80 ± 0.00 for ResNet-56 (A) and 0.90 ± 0.00 "
