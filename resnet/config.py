@@ -31,6 +31,11 @@ NOT_IDENTITY = ("device", "step_mode", "threads", "eval_every", "study", "run_na
 IDENTITY_ONLY_IF_SET = {"zero_init_residual": False}  # resnet56-A-zero-init-s0 when set
 # Settings that make a run an ablation rather than the paper's recipe (a study profile may leave them out).
 ABLATION_SETTINGS = ("zero_init_residual",)
+# The warm-up ends once the training error over the last this many steps is below the paper's 80%
+# (section 4.2), judged every this many steps: 2,560 images, so a judgement to about +-1 point, and
+# the switch within 20 steps of the crossing however short the epoch (a 5k subset has 39 steps).
+# Runs with the warm-up carry it in their identity: earlier ones judged it once per epoch.
+WARMUP_CHECK_STEPS = 20
 
 
 class ConfigError(ValueError):
@@ -194,8 +199,11 @@ class TrainConfig:
     def _identity(self) -> dict[str, Any]:
         if self.precision == "auto":
             raise ConfigError("precision: resolve 'auto' for a device (TrainConfig.resolved_for) before fingerprinting")
-        return {k: v for k, v in self.to_dict().items()
-                if k not in NOT_IDENTITY and not (k in IDENTITY_ONLY_IF_SET and v == IDENTITY_ONLY_IF_SET[k])}
+        identity = {k: v for k, v in self.to_dict().items()
+                    if k not in NOT_IDENTITY and not (k in IDENTITY_ONLY_IF_SET and v == IDENTITY_ONLY_IF_SET[k])}
+        if self.warmup:
+            identity["warmup_check_steps"] = WARMUP_CHECK_STEPS
+        return identity
 
 
 def resolve_precision(precision: str, device_type: str) -> str:

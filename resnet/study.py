@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     option = parser.add_argument
     option("--study", default="degradation", help=f"one of experiments/*.yaml ({', '.join(available_studies())})")
     option("--profile", default="auto",
-           help="a profile of the study; 'auto': the study's default on a CUDA GPU, the smoke study on the CPU")
+           help="a profile of the study; 'auto': the study's default on a CUDA GPU; without one, the degradation and "
+                "cifar-depth studies run cifar-depth's laptop profile (the paper's Figure 6 in miniature)")
     option("--data", default=None,
            help="'download' (default), 'synthetic', or a local copy: python batches, an image folder, an archive")
     option("--jobs", type=int, default=None, help="cells at once (default: 4 per GPU, 1 on the CPU)")

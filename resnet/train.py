@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from . import paper, tracking
-from .config import ConfigError, TrainConfig
+from .config import WARMUP_CHECK_STEPS, ConfigError, TrainConfig
 from .data import Cifar10, load_cifar10, subset, validation_split
 from .engine import (
     LAYER_STATISTICS_BATCH,
@@ -52,11 +52,6 @@ from .engine import (
 from .models import build_model, count_multiply_adds, count_parameters
 from .paths import atomic_write_bytes, runs_dir
 from .tracking import TOTAL_STEPS_PARAM
-
-# The warm-up ends once the training error over the last this many steps is below the paper's 80%
-# (section 4.2), judged every this many steps: 2,560 images, so a judgement to about +-1 point, and
-# the switch within 20 steps of the crossing however short the epoch (a 5k subset has 39 steps).
-WARMUP_CHECK_STEPS = 20
 
 
 class TrainingDiverged(RuntimeError):

@@ -131,3 +131,13 @@ def test_zero_init_residual_is_part_of_the_identity_and_the_name_and_leaves_earl
     assert zeroed.fingerprint() == hashlib.sha256(
         json.dumps({**identity, "zero_init_residual": True}, sort_keys=True).encode()).hexdigest()[:16]
     assert zeroed.legacy_fingerprints() == {}
+
+
+def test_warmup_runs_carry_the_rule_that_ends_the_warmup_in_their_identity():
+    plain = TrainConfig(model="resnet110", precision="fp32")
+    warm = TrainConfig(model="resnet110", precision="fp32", warmup=True)
+    where = ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell", "zero_init_residual")
+    identity = {k: v for k, v in warm.to_dict().items() if k not in where}
+    # Earlier runs judged the warm-up once per epoch: their fingerprint (without the rule) is not today's.
+    assert warm.fingerprint() == _hash({**identity, "warmup_check_steps": 20}) != _hash(identity)
+    assert plain.fingerprint() == _hash({**identity, "warmup": False})

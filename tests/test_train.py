@@ -134,7 +134,7 @@ def test_warmup_uses_lr_0_01_until_the_last_20_steps_train_below_80_percent_erro
     """Section 4.2: lr 0.01 "until the training error is below 80%", judged every 20 steps on those
     20 steps (not per epoch: a 5k subset has 39 steps an epoch, the whole of a short run's start)."""
     from resnet import engine
-    from resnet.train import WARMUP_CHECK_STEPS
+    from resnet.config import WARMUP_CHECK_STEPS
 
     learning_rates, errors = [], []  # per step, in order: SGD's update, then the step's record
     sgd_step, record = engine.SGD.step, engine.StepMetrics.add
