@@ -18,7 +18,6 @@ HOST      ?= 127.0.0.1
 BACKEND   ?=
 ARTIFACTS ?=
 WORKERS   ?=
-MODELS  ?= resnet18,resnet34
 
 # A real file target: the venv is rebuilt only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml

@@ -112,12 +112,21 @@ def _default_jobs(gpus: list[int]) -> int:
 
 
 def visible_gpus() -> list[int]:
-    try:
-        import torch
+    """The CUDA devices torch sees; none without CUDA. A CUDA install that fails is said, once, not
+    silently taken for a machine without a GPU."""
+    return list(_cuda_devices())
 
-        return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    except Exception:
-        return []
+
+@functools.cache
+def _cuda_devices() -> tuple[int, ...]:
+    import torch
+
+    try:
+        return tuple(range(torch.cuda.device_count())) if torch.cuda.is_available() else ()
+    except Exception as error:  # a driver or runtime that cannot start: say so, then run on the CPU
+        print(f"CUDA is installed but failed ({type(error).__name__}: {error}); the study runs on the CPU. "
+              "Fix the driver or runtime to use the GPU.", file=sys.stderr, flush=True)
+        return ()
 
 
 def _summary(outcome: CellOutcome) -> str:

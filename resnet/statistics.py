@@ -93,10 +93,6 @@ class Verdict:
     difference: PairedDifference
     sentence: str
 
-    @property
-    def holds(self) -> bool | None:
-        return {"Yes": True, "No": False}.get(self.answer)
-
 
 def judge(frame: pd.DataFrame, reference: tuple[str, str], subject: tuple[str, str], claim: str,
           note: str = "") -> Verdict:

@@ -191,8 +191,9 @@ def reopen_run(mlflow_client, run_id: str) -> str | None:
     return run_id
 
 
-def log_metrics(mlflow_client, run_id: str, rows: list[dict[str, float]], step_key: str = "epoch") -> None:
-    """Every value of every row, at the row's ``step_key`` value as MLflow's step."""
+def log_metrics(mlflow_client, run_id: str, rows: list[dict[str, float]]) -> None:
+    """Every value of every row, at the row's epoch as MLflow's step."""
+    step_key = "epoch"
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)

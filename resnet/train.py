@@ -111,10 +111,6 @@ class TrainResult:
     status: str = "FINISHED"
     step_mode: str = "eager"
 
-    @property
-    def final(self) -> dict[str, float]:
-        return self.history[-1] if self.history else {}
-
 
 @dataclass
 class _Progress:

@@ -257,3 +257,22 @@ def test_profile_models_and_jobs_are_checked(tmp_path):
     assert [c.name for c in load_study(str(tmp_path / "ablated.yaml"), "faithful").cells] == ["resnet20-A-s0"]
     with pytest.raises(StudyError, match="ablations must be true or false, got 'sometimes'"):
         load_study(str(tmp_path / "ablated.yaml"), "odd")
+
+
+def test_a_broken_cuda_install_is_said_once_not_taken_silently_for_a_cpu_machine(monkeypatch, capsys):
+    import torch
+
+    from resnet import runner
+
+    def broken():
+        raise RuntimeError("CUDA driver initialization failed")
+
+    monkeypatch.setattr(torch.cuda, "is_available", broken)
+    runner._cuda_devices.cache_clear()
+    try:
+        assert runner.visible_gpus() == [] and runner.visible_gpus() == []
+    finally:
+        runner._cuda_devices.cache_clear()
+    assert capsys.readouterr().err == (
+        "CUDA is installed but failed (RuntimeError: CUDA driver initialization failed); "
+        "the study runs on the CPU. Fix the driver or runtime to use the GPU.\n")
