@@ -14,14 +14,17 @@ from typing import Any
 from .config import ConfigError, TrainConfig
 from .train import TrainResult, train
 
-# The study runner starts papermill deaf to SIGTERM, and the kernel inherits that: make SIGTERM stop
-# the kernel again (during training it stops the run cleanly: train's _StopSignals). SIGUSR2 stays
-# ignored outside training, so Slurm's time-limit warning never kills a kernel outright.
-if threading.current_thread() is threading.main_thread():
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
 # Parameters the notebook takes besides the TrainConfig fields.
 RUNNER_OPTIONS = ("tracking_uri", "parent_run_id", "progress")
+
+
+def stop_on_sigterm() -> None:
+    """The notebook's first call. The study runner starts papermill deaf to SIGTERM, and the kernel
+    inherits that: make SIGTERM stop the kernel again (during training it stops the run cleanly:
+    train's _StopSignals). SIGUSR2 stays ignored outside training, so Slurm's time-limit warning never
+    kills a kernel outright."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def configure(namespace: dict[str, Any], baseline: set[str]) -> tuple[TrainConfig, dict[str, Any]]:

@@ -48,3 +48,19 @@ def test_configure_rejects_a_mistyped_parameter_before_any_work():
         configure({"model": "plain20", "epoch": 2}, set())
     with pytest.raises(ConfigError, match="bad notebook parameter: precision: unknown precision 'half'"):
         configure({"precision": "half"}, set())
+
+
+def test_importing_the_driver_leaves_sigterm_alone_and_its_first_call_restores_the_default():
+    import importlib
+    import signal
+
+    import resnet.notebook
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as papermill's kernel inherits it from the runner
+    try:
+        importlib.reload(resnet.notebook)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        resnet.notebook.stop_on_sigterm()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
