@@ -46,11 +46,14 @@ help: ## Show this help
 setup: $(VENV)/.installed ## Create .venv with the package installed (editable)
 
 # On a cluster (README, "On a cluster"): EXECUTOR=slurm SLURM="partition=gpu time=120" RUNS_DIR=/shared/runs
-EXECUTOR ?= local
-SLURM    ?=
-RUNS_DIR ?=
+# (CELLS_PER_JOB: cells each Slurm job runs at once; JOBS and GPUS are this machine's, for the local executor)
+EXECUTOR      ?= local
+SLURM         ?=
+RUNS_DIR      ?=
+CELLS_PER_JOB ?=
 STUDY_ARGS = --study $(STUDY) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA)) \
              $(if $(JOBS),--jobs $(JOBS)) $(if $(GPUS),--gpus $(GPUS)) --executor $(EXECUTOR) \
+             $(if $(CELLS_PER_JOB),--cells-per-job $(CELLS_PER_JOB)) \
              $(foreach option,$(SLURM),--slurm $(option)) $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR))
 STUDY_VENV = $(if $(filter slurm,$(EXECUTOR)),$(VENV)/.installed-cluster,$(VENV)/.installed)
 
@@ -61,7 +64,7 @@ reproduce: $(STUDY_VENV) ## Run the study into MLflow (GPU: degradation, full; C
 	echo; echo "Browse the runs: $${MLFLOW_TRACKING_URI:-make ui   (MLflow on http://127.0.0.1:$(PORT))}"; exit $$status
 
 # The report is a real file: rebuilt when the package changes or the store has new runs.
-reports/degradation.html: $(VENV)/.installed $(wildcard resnet/*.py resnet/templates/*) $(wildcard mlflow.db)
+reports/degradation.html: $(VENV)/.installed $(shell find resnet -name '*.py' -o -name '*.j2') $(wildcard mlflow.db)
 	$(BIN)/python -m resnet.report
 
 .PHONY: report
@@ -69,11 +72,11 @@ report: reports/degradation.html ## Build reports/degradation.html from the fini
 
 .PHONY: ui
 ui: $(VENV)/.installed ## Serve the MLflow UI for this project's store on 127.0.0.1 (PORT=5000)
-	$(BIN)/python -m resnet.ui --port $(PORT)
+	$(BIN)/python -m resnet.tracking.ui --port $(PORT)
 
 .PHONY: server
 server: $(VENV)/.installed-cluster ## MLflow server for a cluster: HOST=127.0.0.1 PORT=5000 BACKEND=<sqlite file> (off loopback: MLFLOW_AUTH_ADMIN_PASSWORD)
-	$(BIN)/python -m resnet.server --host $(HOST) --port $(PORT) $(if $(BACKEND),--backend $(BACKEND)) \
+	$(BIN)/python -m resnet.tracking.server --host $(HOST) --port $(PORT) $(if $(BACKEND),--backend $(BACKEND)) \
 	    $(if $(ARTIFACTS),--artifacts $(ARTIFACTS)) $(if $(WORKERS),--workers $(WORKERS))
 
 # Debian's packages the tests run for real: Chromium renders the report in the browser test; munge,
@@ -84,6 +87,9 @@ TEST_PROGRAMS := chromium munged mungekey slurmctld slurmd sbatch squeue scancel
 test-packages:
 	@for program in $(TEST_PROGRAMS); do command -v $$program >/dev/null 2>&1 || missing=1; done; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=1; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" != 0 ]; then \
+	    echo "make test needs Debian's $(TEST_PACKAGES): run it as root once (it calls apt-get)," \
+	         "or install them: sudo apt-get install $(TEST_PACKAGES)" >&2; exit 1; fi; \
 	if [ -n "$$missing" ]; then apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES) >/dev/null; fi
 
@@ -101,4 +107,4 @@ clean: ## Remove generated reports (keeps the venv, data cache and MLflow store)
 
 .PHONY: bench
 bench: $(VENV)/.installed ## Measure training images/s: the source document's loop vs ours (MODELS=...)
-	$(BIN)/python -m resnet.bench $(if $(filter command line,$(origin MODELS)),--models $(MODELS))
+	$(BIN)/python -m resnet.training.bench $(if $(filter command line,$(origin MODELS)),--models $(MODELS))

@@ -1,0 +1,20 @@
+"""Plain vs residual networks: the degradation study of He et al. (2015), tracked in MLflow.
+
+The package in layers, each importing only from the layers above it in this list (tests/test_layout.py
+checks it, and that nothing here imports in a circle):
+
+* ``paper``, ``paths``: the paper's numbers; where generated files go.
+* ``tracking/``: MLflow. ``keys`` (every tag, parameter and status name), ``store`` (which store,
+  experiment and run; logging), ``server`` (``make server``), ``ui`` (``make ui``). Neither torch nor
+  the training configuration.
+* ``models``, ``measures``, ``data``, ``config``: the networks, what they cost, CIFAR-10 as tensors,
+  and one run's validated configuration.
+* ``training/``: one run. ``engine`` (a step on the device), ``schedule``, ``stop`` (signals),
+  ``loop`` (epochs, checkpoints, MLflow), ``bench`` (``make bench``).
+* ``studies/``: many runs. ``spec`` (a study file as cells), ``plan`` (what is left, the parent run,
+  the devices), ``pool`` (cells as papermill processes), the ``local`` and ``slurm`` executors,
+  ``cli`` (``python -m resnet.study``), and ``notebook``, the driver that ``notebooks/train.ipynb``
+  calls: the one place where studies reach training.
+* ``report/``: the page from finished runs. ``results``, ``statistics``, ``figures``, ``sections``,
+  ``build`` (``python -m resnet.report``). Torch-free: it reads MLflow, never a model.
+"""

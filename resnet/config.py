@@ -18,7 +18,7 @@ from typing import Any
 
 from . import paper
 from .models import architecture, check_stem, check_zero_init_residual, resolve_shortcut
-from .tracking import LEGACY_NORMALISATION, LEGACY_SCHEDULE_NAMES, ZERO_INIT_LABEL
+from .tracking.keys import LEGACY_NORMALISATION, LEGACY_SCHEDULE_NAMES, ZERO_INIT_LABEL
 
 SCHEDULES = ("paper", "paper-compressed", "multistep", "cosine")
 STEP_MODES = ("auto", "eager", "cuda-graph")
@@ -183,7 +183,7 @@ class TrainConfig:
         predate the precision setting (they ran bf16 on CUDA and fp32 on the CPU: the caller checks the
         run's device).
 
-        What earlier runs were is ``tracking.LEGACY_*``: per-channel, and their ``paper`` schedule is
+        What earlier runs were is ``store.LEGACY_*``: per-channel, and their ``paper`` schedule is
         today's ``paper-compressed``; no earlier run can be today's ``paper``, stopped early."""
         recorded_names = {today: recorded for recorded, today in LEGACY_SCHEDULE_NAMES.items()}
         if (self.normalisation != LEGACY_NORMALISATION or self.schedule in LEGACY_SCHEDULE_NAMES

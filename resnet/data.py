@@ -274,9 +274,7 @@ def _from_archive(path: Path) -> Cifar10:
                 )
             files = ((name, archive.extractfile(m).read) for name, m in sorted(members.items()))
             return _from_image_files(files, str(path))
-    except (tarfile.TarError, EOFError, OSError) as error:
-        if isinstance(error, DataError):
-            raise
+    except (tarfile.TarError, EOFError, OSError) as error:  # a DataError (a ValueError) passes through
         problem = f"{type(error).__name__}: {error}"
         raise DataError(f"{path} is not a readable archive or is truncated ({problem})") from error
 

@@ -1,6 +1,6 @@
 """Real services for the cluster tests, each in a throwaway folder and stopped by its PID afterwards:
 munge and a one-node Slurm (slurmctld + slurmd, no accounting), a PostgreSQL cluster (initdb, pg_ctl)
-and an ``mlflow server`` on loopback (``python -m resnet.server``). Debian's packages provide them
+and an ``mlflow server`` on loopback (``python -m resnet.tracking.server``). Debian's packages provide them
 (``make test`` installs them, as it installs chromium); the tests skip with the reason where one is
 missing, and CI, which installs them, runs them.
 """
@@ -223,7 +223,7 @@ def start_server(backend: str, folder: Path, *, password: str | None = None, wor
         arguments = ["--auth", "--auth-db", f"sqlite:///{folder / 'auth.db'}"]
     log = folder / "server.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "resnet.server", "--port", str(port), "--backend", backend, "--artifacts",
+        [sys.executable, "-m", "resnet.tracking.server", "--port", str(port), "--backend", backend, "--artifacts",
          str(folder / "artifacts"), "--workers", str(workers), *arguments],
         cwd=ROOT, env=environment, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

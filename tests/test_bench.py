@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from resnet import paper
-from resnet.bench import main, peak_flops
 from resnet.data import load_cifar10
-from resnet.engine import Normalisation, Precision, prepare_epoch
 from resnet.models import build_model
+from resnet.training.bench import main, peak_flops
+from resnet.training.engine import Normalisation, Precision, prepare_epoch
 
 
 def _independent_mean_loss(steps: int, untimed_steps: int, batch_size: int) -> float:

@@ -1,9 +1,12 @@
 """What one training step is: the optimiser, augmentation, precision and layout, the step modes."""
 
+import contextlib
+
 import pytest
 import torch
 
-from resnet.engine import (
+from resnet.models import build_model
+from resnet.training.engine import (
     SGD,
     Normalisation,
     Precision,
@@ -14,7 +17,6 @@ from resnet.engine import (
     prepare_epoch,
     stage_output_stds,
 )
-from resnet.models import build_model
 
 
 def test_sgd_matches_torch_optim_sgd():
@@ -76,6 +78,52 @@ def test_cuda_graph_step_falls_back_to_the_eager_step_on_the_cpu():
     step(*batch)
     assert not torch.equal(before, model[1].weight) and step.metrics.loss_sum.item() > 0
 
+
+
+def test_a_failed_cuda_graph_capture_falls_back_to_an_eager_step_that_starts_where_it_would_have(monkeypatch):
+    """The capture-failure path, driven on the CPU: CUDA's stream calls are stood in for, so the
+    priming steps run for real (changing weights, BN statistics, momentum and the recorded steps),
+    then the capture itself fails. The eager step that takes over must start from the untouched state."""
+
+    class Stream:
+        def __init__(self, *args):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    def capture_fails():
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", capture_fails)
+
+    def network():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                    torch.nn.Linear(64, 3))
+        optimizer = SGD(model.parameters(), torch.tensor(0.1), momentum=0.9, weight_decay=1e-4)
+        return model, optimizer, StepMetrics(torch.device("cpu"), window=4)
+
+    batch = (torch.randn(8, 3, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+    on_cuda = Precision(torch.device("cuda"), "fp32")  # what make_train_step sees; the tensors stay on the CPU
+    model, optimizer, metrics = network()
+    before = [t.clone() for t in [*model.state_dict().values(), *optimizer.momentum_buffers, *metrics.window_tensors()]]
+    with pytest.warns(UserWarning, match="CUDA graph capture failed .*stream is capturing.*falling back to the eager"):
+        step = make_train_step(model, optimizer, on_cuda, metrics, "auto", batch)
+    assert type(step).__name__ == "TrainStep" and step.mode == "eager"
+    after = [*model.state_dict().values(), *optimizer.momentum_buffers, *metrics.window_tensors()]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))  # the priming steps undone
+    assert all(p.grad is None for p in model.parameters())
+
+    step(*batch)
+    eager_model, eager_optimizer, eager_metrics = network()
+    make_train_step(eager_model, eager_optimizer, Precision(torch.device("cpu"), "fp32"), eager_metrics, "eager",
+                    batch)(*batch)
+    for ours, eager in zip(model.state_dict().values(), eager_model.state_dict().values(), strict=True):
+        assert torch.equal(ours, eager)
 
 
 def test_precision_decides_dtype_and_layout_in_one_place():

@@ -4,13 +4,11 @@ import pytest
 import torch
 import torchvision
 
+from resnet.measures import count_multiply_adds, count_parameters, three_by_three_responses
 from resnet.models import (
     ZeroPadShortcut,
     build_model,
-    count_multiply_adds,
-    count_parameters,
     list_models,
-    three_by_three_responses,
 )
 
 # Parameter counts with the ImageNet stem and 1000 classes. B matches torchvision.

@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 from resnet.config import ConfigError, TrainConfig
-from resnet.notebook import RUNNER_OPTIONS, configure
+from resnet.studies.notebook import RUNNER_OPTIONS, configure
 
 
 def _parameter_cell_namespace() -> dict:
@@ -54,13 +54,13 @@ def test_importing_the_driver_leaves_sigterm_alone_and_its_first_call_restores_t
     import importlib
     import signal
 
-    import resnet.notebook
+    import resnet.studies.notebook
 
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as papermill's kernel inherits it from the runner
     try:
-        importlib.reload(resnet.notebook)
+        importlib.reload(resnet.studies.notebook)
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
-        resnet.notebook.stop_on_sigterm()
+        resnet.studies.notebook.stop_on_sigterm()
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -31,5 +31,10 @@ def test_make_without_a_goal_prints_help():
         assert f"make {target}" in output
 
 
-def test_ci_calls_make_test():
-    assert "make test" in (ROOT / ".ci/run").read_text()
+def test_ci_runs_make_test_from_the_checkout_root(tmp_path):
+    # A stand-in ``make`` first on the PATH records how CI calls it, without running the suite again.
+    (tmp_path / "make").write_text('#!/bin/sh\necho "$PWD $*" > "$CALLED"\n')
+    (tmp_path / "make").chmod(0o755)
+    environment = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CALLED": str(tmp_path / "called")}
+    subprocess.run(["bash", str(ROOT / ".ci/run")], cwd=tmp_path, env=environment, check=True)
+    assert (tmp_path / "called").read_text() == f"{ROOT} test\n"

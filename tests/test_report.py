@@ -11,11 +11,13 @@ from conftest import ROOT
 from mlflow.entities import Metric
 from scipy import stats
 
-from resnet import tracking
-from resnet.models import build_model, count_multiply_adds, count_parameters
-from resnet.report import build_report, main
-from resnet.results import collect_runs, read_csv
-from resnet.statistics import judge
+from resnet.measures import count_multiply_adds, count_parameters
+from resnet.models import build_model
+from resnet.report.build import build_report, main
+from resnet.report.results import collect_runs, read_csv
+from resnet.report.statistics import judge
+from resnet.tracking import keys
+from resnet.tracking import store as mlflow_store
 
 EPOCHS = 5
 STEPS_PER_EPOCH = 10
@@ -34,11 +36,11 @@ def _make_store(uri: str, finals: dict, study: str = "degradation", status: str 
     final_train_error, a first-epoch largest step loss of 3.0 for option A and 1.9 otherwise, and
     (with ``diagnostics``) Figure 7 and stage statistics (last stage at init: 1.8 for option A, else
     0.9). A shortcut of ``"A, zero-init"`` is option A with ``zero_init_residual``."""
-    client = tracking.client(tracking.prepare_store(uri))
-    experiment = tracking.experiment_id(study, uri)
+    client = mlflow_store.client(mlflow_store.prepare_store(uri))
+    experiment = mlflow_store.experiment_id(study, uri)
     parent = client.create_run(
         experiment, run_name=f"{study}-{profile}",
-        tags={tracking.ROLE_TAG: tracking.ROLE_STUDY, tracking.PROFILE_TAG: profile},
+        tags={keys.ROLE_TAG: keys.ROLE_STUDY, keys.PROFILE_TAG: profile},
     ).info.run_id
     for (model, network_option), values in finals.items():
         # "A, zero-init": option A with the initialisation ablation, as the page keys it.
@@ -48,15 +50,15 @@ def _make_store(uri: str, finals: dict, study: str = "degradation", status: str 
             if (model, network_option, seed) in skip:
                 continue
             name = f"{model}{'-' + shortcut if shortcut != 'none' else ''}{'-' + variant if variant else ''}-s{seed}"
-            run_id = tracking.create_run(client, experiment, name, {
-                tracking.ROLE_TAG: tracking.ROLE_CELL, tracking.PARENT_TAG: parent, tracking.MODEL_TAG: model,
-                tracking.SHORTCUT_TAG: shortcut, tracking.SEED_TAG: str(seed), tracking.CELL_TAG: name,
-                tracking.DEVICE_TAG: "NVIDIA H200", tracking.DATA_PROVENANCE_TAG: "image-folder (jpeg)",
-                tracking.DATA_DESCRIPTION_TAG: "image folder (jpeg) /somewhere/on/a/gpu/cifar10-jpeg.tar.xz",
-                tracking.GIT_COMMIT_TAG: "0123456789abcdef", tracking.GIT_DIRTY_TAG: "false",
+            run_id = mlflow_store.create_run(client, experiment, name, {
+                keys.ROLE_TAG: keys.ROLE_CELL, keys.PARENT_TAG: parent, keys.MODEL_TAG: model,
+                keys.SHORTCUT_TAG: shortcut, keys.SEED_TAG: str(seed), keys.CELL_TAG: name,
+                keys.DEVICE_TAG: "NVIDIA H200", keys.DATA_PROVENANCE_TAG: "image-folder (jpeg)",
+                keys.DATA_DESCRIPTION_TAG: "image folder (jpeg) /somewhere/on/a/gpu/cifar10-jpeg.tar.xz",
+                keys.GIT_COMMIT_TAG: "0123456789abcdef", keys.GIT_DIRTY_TAG: "false",
             }, {"parameters": count_parameters(network), "multiply_adds": count_multiply_adds(network),
                 "schedule": "paper", "iterations": EPOCHS * STEPS_PER_EPOCH, "batch_size": 128, "precision": "bf16",
-                "normalisation": "per-pixel", tracking.ZERO_INIT_PARAM: variant == tracking.ZERO_INIT_LABEL})
+                "normalisation": "per-pixel", keys.ZERO_INIT_PARAM: variant == keys.ZERO_INIT_LABEL})
             metrics = []
             for epoch, value in enumerate(_curve(final), start=1):
                 spike = (3.0 if network_option == "A" else 1.9) if epoch == 1 else 1.0
@@ -75,7 +77,7 @@ def _make_store(uri: str, finals: dict, study: str = "degradation", status: str 
             client.log_batch(run_id, metrics=metrics)
             run_status = status if model == "plain34" and seed == 1 else "FINISHED"
             if run_status == "FAILED":
-                client.set_tag(run_id, tracking.FAILURE_REASON_TAG, "diverged: training loss is nan at epoch 3")
+                client.set_tag(run_id, keys.FAILURE_REASON_TAG, "diverged: training loss is nan at epoch 3")
             client.set_terminated(run_id, run_status)
 
 
@@ -203,8 +205,6 @@ def test_the_committed_reference_csv_reads_as_what_it_ran():
     the final training error were recorded: read as paper-compressed, bf16 on the GPU, per-channel."""
     table = read_csv(ROOT / "reports" / "reference" / "degradation-h200-cifar10jpeg-metrics.csv")
     runs = table.drop_duplicates("run_id")
-    if "final_train_error" in table and table["final_train_error"].notna().all():
-        pytest.skip("the reference has been replaced by runs that record everything")
     assert set(runs["schedule"]) == {"paper-compressed"} and set(runs["precision"]) == {"bf16"}
     assert set(runs["normalisation"]) == {"per-channel"}
     assert sorted(set(table["step"])) == [390.0 * e for e in range(1, 11)]
@@ -332,8 +332,8 @@ def test_the_zero_init_ablation_is_a_network_of_its_own_with_its_verdict_figure_
 
 
 def test_verdicts_by_length_read_each_epoch_boundary_as_a_run_stopped_there():
-    from resnet.report import _length_note
-    from resnet.statistics import verdicts_by_length
+    from resnet.report.sections import length_note
+    from resnet.report.statistics import verdicts_by_length
 
     differences = {10: (5.0, 6.0, 4.0), 20: (-1.0, 1.0, -0.5), 30: (-5.0, -6.0, -4.0), 40: (-5.0, 1.0, -4.0)}
     rows = []
@@ -348,10 +348,10 @@ def test_verdicts_by_length_read_each_epoch_boundary_as_a_run_stopped_there():
     assert table["mean"].tolist() == pytest.approx([5.0, -0.5 / 3, -5.0, -8.0 / 3])
     low, high = stats.ttest_rel([75.0, 75.0, 78.0], [80.0, 81.0, 82.0]).confidence_interval(0.95)
     assert (table["low"][2], table["high"][2]) == (pytest.approx(low), pytest.approx(high))
-    assert _length_note(table, ("plain-56", "ResNet-56 (A)"), "better") == (
+    assert length_note(table, ("plain-56", "ResNet-56 (A)"), "better") == (
         "ResNet-56 (A) trains better than plain-56: the mean training error of ResNet-56 (A) is first below that of "
         "plain-56 at iteration 20; the verdict first reads Yes at iteration 30, and not at the last boundary (40) "
         "(n = 3 seeds).")
     settled = table.iloc[:3]
-    assert _length_note(settled, ("plain-56", "ResNet-56 (A)"), "better").endswith(
+    assert length_note(settled, ("plain-56", "ResNet-56 (A)"), "better").endswith(
         "first reads Yes at iteration 30, and at every boundary from 30 to the last (30) (n = 3 seeds).")

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,9 +13,12 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from resnet import tracking
-from resnet.runner import run_study
-from resnet.study import StudyError, load_study, main
+from resnet.studies import plan
+from resnet.studies.cli import main
+from resnet.studies.local import run_study
+from resnet.studies.spec import StudyError, load_study
+from resnet.tracking import keys
+from resnet.tracking import store as mlflow_store
 
 TINY_STUDY = """
 defaults: {{schedule: cosine, batch_size: 32, data: "synthetic:320", device: cpu}}
@@ -33,8 +37,8 @@ def _write_study(folder: Path, grid: str, epochs: int = 1, name: str = "tiny") -
 
 
 def _runs(store, study):
-    experiment = tracking.experiment_id(study, store)
-    return tracking.client(store).search_runs([experiment], max_results=1000)
+    experiment = mlflow_store.experiment_id(study, store)
+    return mlflow_store.client(store).search_runs([experiment], max_results=1000)
 
 
 @pytest.mark.slow
@@ -55,19 +59,19 @@ def test_smoke_study_end_to_end_then_a_rerun_trains_nothing(store, tmp_path):
     assert outcome.images_trained == 8 * 2 * 4 * 32  # cells x epochs x steps x batch
 
     runs = _runs(store, "smoke")
-    parents = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == tracking.ROLE_STUDY]
-    children = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == tracking.ROLE_CELL]
+    parents = [r for r in runs if r.data.tags.get(keys.ROLE_TAG) == keys.ROLE_STUDY]
+    children = [r for r in runs if r.data.tags.get(keys.ROLE_TAG) == keys.ROLE_CELL]
     assert len(parents) == 1 and len(children) == 8
-    assert {r.data.tags[tracking.PARENT_TAG] for r in children} == {parents[0].info.run_id}
-    client = tracking.client(store)
+    assert {r.data.tags[keys.PARENT_TAG] for r in children} == {parents[0].info.run_id}
+    client = mlflow_store.client(store)
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "train_error")] == [1, 2]
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert f"{child.data.tags[tracking.CELL_TAG]}.ipynb" in artifacts and "metrics.csv" in artifacts
+        assert f"{child.data.tags[keys.CELL_TAG]}.ipynb" in artifacts and "metrics.csv" in artifacts
         executed = json.loads(
-            (Path(os.environ["RESNET_RUNS_DIR"]) / "smoke" / f"{child.data.tags[tracking.CELL_TAG]}.ipynb").read_text()
+            (Path(os.environ["RESNET_RUNS_DIR"]) / "smoke" / f"{child.data.tags[keys.CELL_TAG]}.ipynb").read_text()
         )
-        assert executed["metadata"]["papermill"]["parameters"]["model"] == child.data.tags[tracking.MODEL_TAG]
+        assert executed["metadata"]["papermill"]["parameters"]["model"] == child.data.tags[keys.MODEL_TAG]
         assert any(o.get("output_type") == "display_data" for c in executed["cells"] for o in c.get("outputs", []))
 
     again = run_study(study, tracking_uri=store, progress=False)
@@ -86,6 +90,9 @@ def test_bad_cells_fail_clearly_while_the_others_finish(store, tmp_path, capsys)
     assert exit_code == 1
     assert "invalid  plain20-s0: lr: must be a positive number, got -1.0" in printed
     assert "finished resnet20-A-s0" in printed
+    # While a cell runs, the console shows its epochs (its one epoch here), passed on from its log.
+    epochs = [line for line in printed.splitlines() if re.match(r"    resnet20-A-s0 epoch +\d+/1  train_error", line)]
+    assert len(epochs) == 1 and printed.index(epochs[0]) < printed.index("finished resnet20-A-s0")
     # The diverging cell keeps its executed notebook with the error, and says where to look.
     diverged = next(line for line in printed.splitlines() if line.startswith("  failed resnet20-diverging"))
     assert "TrainingDiverged: training loss is nan" in diverged and "resnet20-diverging.ipynb" in diverged
@@ -123,17 +130,17 @@ def test_killed_study_resumes_without_redoing_finished_cells(store, tmp_path):
     assert stopped["resnet20-A-s0"].info.status == "FINISHED"
     # The runner passed the stop on to the cell's kernel (its own session), which recorded it.
     assert stopped["plain20-s0"].info.status == "KILLED"
-    assert stopped["plain20-s0"].data.tags[tracking.FAILURE_REASON_TAG].startswith("interrupted (signal SIGTERM)")
+    assert stopped["plain20-s0"].data.tags[keys.FAILURE_REASON_TAG].startswith("interrupted (signal SIGTERM)")
 
     rerun = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=240)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "done     resnet20-A-s0 (finished earlier" in rerun.stdout
     assert "start    plain20-s0 (resuming)" in rerun.stdout
     runs = _runs(store, "tiny")
-    cells = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == tracking.ROLE_CELL]
+    cells = [r for r in runs if r.data.tags.get(keys.ROLE_TAG) == keys.ROLE_CELL]
     assert sorted(r.info.run_name for r in cells) == ["plain20-s0", "resnet20-A-s0"]  # resumed, not restarted
     assert all(r.info.status == "FINISHED" for r in cells)
-    history = tracking.client(store).get_metric_history(
+    history = mlflow_store.client(store).get_metric_history(
         next(r for r in cells if r.info.run_name == "plain20-s0").info.run_id, "train_error"
     )
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
@@ -192,7 +199,7 @@ def test_precision_set_on_the_command_line_makes_its_own_finished_cells(store, t
     assert "done     plain20-s0 (finished earlier" in capsys.readouterr().out
     assert main(base) == 0  # auto on the CPU is fp32: the same cell again
     assert "done     plain20-s0 (finished earlier" in capsys.readouterr().out
-    cells = [r for r in _runs(store, "tiny") if r.data.tags.get(tracking.ROLE_TAG) == tracking.ROLE_CELL]
+    cells = [r for r in _runs(store, "tiny") if r.data.tags.get(keys.ROLE_TAG) == keys.ROLE_CELL]
     assert sorted(r.data.params["precision"] for r in cells) == ["bf16", "fp32"]
     assert all(r.info.status == "FINISHED" for r in cells)
 
@@ -217,7 +224,7 @@ def test_the_laptop_profile_is_the_papers_cifar_experiment_in_miniature():
 
 
 def test_without_a_gpu_make_reproduce_runs_the_laptop_profile(monkeypatch, capsys):
-    monkeypatch.setattr("resnet.runner.visible_gpus", lambda: [])
+    monkeypatch.setattr("resnet.studies.cli.visible_gpus", lambda: [])
     assert main(["--list"]) == 0
     printed = capsys.readouterr().out
     assert "study cifar-depth, profile laptop" in printed
@@ -262,17 +269,29 @@ def test_profile_models_and_jobs_are_checked(tmp_path):
 def test_a_broken_cuda_install_is_said_once_not_taken_silently_for_a_cpu_machine(monkeypatch, capsys):
     import torch
 
-    from resnet import runner
-
     def broken():
         raise RuntimeError("CUDA driver initialization failed")
 
     monkeypatch.setattr(torch.cuda, "is_available", broken)
-    runner._cuda_devices.cache_clear()
+    plan._cuda_devices.cache_clear()
     try:
-        assert runner.visible_gpus() == [] and runner.visible_gpus() == []
+        assert plan.visible_gpus() == [] and plan.visible_gpus() == []
     finally:
-        runner._cuda_devices.cache_clear()
+        plan._cuda_devices.cache_clear()
     assert capsys.readouterr().err == (
         "CUDA is installed but failed (RuntimeError: CUDA driver initialization failed); "
         "the study runs on the CPU. Fix the driver or runtime to use the GPU.\n")
+
+
+def test_cells_are_resolved_for_the_devices_their_executor_gives_them_not_for_this_machine(store, tmp_path,
+                                                                                         monkeypatch):
+    # This machine has a GPU, but a Slurm job with gpus_per_node=0 gives its cells none: they must be
+    # planned (and fingerprinted) for the CPU they will run on.
+    monkeypatch.setattr(plan, "visible_gpus", lambda: [0])
+    path = _write_study(tmp_path, "  - {model: resnet20, device: auto}")
+    study = load_study(str(path), "test")
+    experiment = mlflow_store.experiment_id(study.name, store)
+    _, on_cpu = plan.plan(study.cells, [], store, experiment)
+    _, on_gpu = plan.plan(study.cells, [0], store, experiment)
+    assert on_cpu[0].config.precision == "fp32" and on_gpu[0].config.precision == "bf16"
+    assert on_cpu[0].config.fingerprint() != on_gpu[0].config.fingerprint()

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from resnet import tracking
 from resnet.config import ConfigError, TrainConfig
-from resnet.train import Schedule, TrainingDiverged, checkpoint_path, train
+from resnet.tracking import keys
+from resnet.tracking import store as mlflow_store
+from resnet.training.loop import Schedule, TrainingDiverged, checkpoint_path, train
 
 TINY = dict(model="resnet20", data="synthetic:320", batch_size=32, device="cpu", study="unit")
 
@@ -42,7 +43,8 @@ def test_tiny_model_learns_synthetic_data(store):
     losses = [row["train_loss"] for row in result.history]
     assert losses[0] > 2.0 and losses[-1] < 0.5 * losses[0]
     assert result.history[-1]["train_error"] < 30
-    assert result.status == "FINISHED" and result.step_mode == "eager"
+    assert mlflow_store.client(store).get_run(result.run_id).info.status == keys.STATUS_FINISHED
+    assert result.step_mode == "eager"
 
 
 def _curve(history):
@@ -67,9 +69,9 @@ def test_interrupted_run_resumes_into_the_same_mlflow_run_with_identical_metrics
             on_epoch_end=interrupt_after_first_epoch,
         )
     assert checkpoint_path(config.resolved_for("cpu"), tmp_path / "b").is_file()
-    client = tracking.client(store)
-    killed = [r for r in client.search_runs([tracking.experiment_id("unit", store)]) if r.info.status == "KILLED"]
-    assert len(killed) == 1 and "rerun to resume" in killed[0].data.tags[tracking.FAILURE_REASON_TAG]
+    client = mlflow_store.client(store)
+    killed = [r for r in client.search_runs([mlflow_store.experiment_id("unit", store)]) if r.info.status == "KILLED"]
+    assert len(killed) == 1 and "rerun to resume" in killed[0].data.tags[keys.FAILURE_REASON_TAG]
 
     resumed = train(config, tracking_uri=store, checkpoint_dir=tmp_path / "b", progress=False)
     assert resumed.run_id == killed[0].info.run_id
@@ -82,19 +84,19 @@ def test_interrupted_run_resumes_into_the_same_mlflow_run_with_identical_metrics
 def test_mlflow_run_holds_params_every_metric_every_epoch_tags_and_artifacts(store):
     config = TrainConfig(**TINY, schedule="cosine", epochs=2, cell="resnet20-A", diagnostics=True)
     result = train(config, tracking_uri=store, progress=False)
-    client = tracking.client(store)
+    client = mlflow_store.client(store)
     run = client.get_run(result.run_id)
     params = run.data.params
     assert params["model"] == "resnet20" and params["shortcut"] == "A" and params["batch_size"] == "32"
     assert params["parameters"] == "269722" and params["weight_decay"] == "0.0001"
     assert set(config.to_dict()) <= set(params)
     tags = run.data.tags
-    assert tags[tracking.STUDY_TAG] == "unit" and tags[tracking.CELL_TAG] == "resnet20-A"
-    assert tags[tracking.DEVICE_TAG] == "cpu" and tags[tracking.DATA_PROVENANCE_TAG] == "synthetic"
-    assert tags[tracking.TORCH_VERSION_TAG] == torch.__version__
+    assert tags[keys.STUDY_TAG] == "unit" and tags[keys.CELL_TAG] == "resnet20-A"
+    assert tags[keys.DEVICE_TAG] == "cpu" and tags[keys.DATA_PROVENANCE_TAG] == "synthetic"
+    assert tags[keys.TORCH_VERSION_TAG] == torch.__version__
     assert params["precision"] == "fp32"  # auto, resolved on the CPU
-    assert tags[tracking.FINGERPRINT_TAG] == config.resolved_for("cpu").fingerprint()
-    assert tags[tracking.GIT_DIRTY_TAG] in ("true", "false", "unknown")
+    assert tags[keys.FINGERPRINT_TAG] == config.resolved_for("cpu").fingerprint()
+    assert tags[keys.GIT_DIRTY_TAG] in ("true", "false", "unknown")
     for key in (
         "train_error",
         "train_loss",
@@ -120,10 +122,10 @@ def test_diverging_run_ends_failed_with_the_reason_and_the_store_stays_intact(st
     good = train(TrainConfig(**TINY, schedule="cosine", epochs=1), tracking_uri=store, progress=False)
     with pytest.raises(TrainingDiverged, match="training loss is nan"):
         train(TrainConfig(**TINY, schedule="cosine", epochs=2, lr=1e30, seed=1), tracking_uri=store, progress=False)
-    client = tracking.client(store)
-    runs = {r.info.run_name: r for r in client.search_runs([tracking.experiment_id("unit", store)])}
+    client = mlflow_store.client(store)
+    runs = {r.info.run_name: r for r in client.search_runs([mlflow_store.experiment_id("unit", store)])}
     failed = runs["resnet20-A-s1"]
-    assert failed.info.status == "FAILED" and failed.data.tags[tracking.FAILURE_REASON_TAG].startswith(
+    assert failed.info.status == "FAILED" and failed.data.tags[keys.FAILURE_REASON_TAG].startswith(
         "diverged: training loss is nan"
     )
     assert client.get_run(good.run_id).info.status == "FINISHED"
@@ -133,8 +135,8 @@ def test_diverging_run_ends_failed_with_the_reason_and_the_store_stays_intact(st
 def test_warmup_uses_lr_0_01_until_the_last_20_steps_train_below_80_percent_error(store, monkeypatch):
     """Section 4.2: lr 0.01 "until the training error is below 80%", judged every 20 steps on those
     20 steps (not per epoch: a 5k subset has 39 steps an epoch, the whole of a short run's start)."""
-    from resnet import engine
     from resnet.config import WARMUP_CHECK_STEPS
+    from resnet.training import engine
 
     learning_rates, errors = [], []  # per step, in order: SGD's update, then the step's record
     sgd_step, record = engine.SGD.step, engine.StepMetrics.add
@@ -175,16 +177,17 @@ def test_config_run_on_the_cpu_with_step_mode_cuda_graph_trains_eagerly(store):
         result = train(
             TrainConfig(**TINY, schedule="cosine", epochs=1, step_mode="cuda-graph"), tracking_uri=store, progress=False
         )
-    assert result.step_mode == "eager" and result.status == "FINISHED"
+    assert result.step_mode == "eager"
+    assert mlflow_store.client(store).get_run(result.run_id).info.status == keys.STATUS_FINISHED
 
 
 def test_a_bf16_run_on_the_cpu_records_its_precision_and_is_a_different_experiment(store):
     fp32 = train(TrainConfig(**TINY, schedule="cosine", epochs=2, precision="fp32"), tracking_uri=store, progress=False)
     bf16 = train(TrainConfig(**TINY, schedule="cosine", epochs=2, precision="bf16"), tracking_uri=store, progress=False)
-    client = tracking.client(store)
+    client = mlflow_store.client(store)
     runs = {result.config.precision: client.get_run(result.run_id) for result in (fp32, bf16)}
     assert runs["bf16"].data.params["precision"] == "bf16" and runs["fp32"].data.params["precision"] == "fp32"
-    assert runs["bf16"].data.tags[tracking.FINGERPRINT_TAG] != runs["fp32"].data.tags[tracking.FINGERPRINT_TAG]
+    assert runs["bf16"].data.tags[keys.FINGERPRINT_TAG] != runs["fp32"].data.tags[keys.FINGERPRINT_TAG]
     assert bf16.history[-1]["train_loss"] < bf16.history[0]["train_loss"]
     assert [row["train_loss"] for row in bf16.history] != [row["train_loss"] for row in fp32.history]
 
@@ -192,7 +195,7 @@ def test_a_bf16_run_on_the_cpu_records_its_precision_and_is_a_different_experime
 def test_final_training_error_is_the_mean_over_the_last_window_of_steps_across_the_epoch_boundary(store, monkeypatch):
     """10 steps per epoch, 25 iterations: epochs of 10, 10 and 5 steps. The window is one epoch's
     worth of steps (10): the last 5 steps of epoch 2 and the 5 of epoch 3, as 390 steps are at 64k."""
-    from resnet import engine
+    from resnet.training import engine
 
     errors_per_step = []
     original = engine.TrainStep.__call__
@@ -208,7 +211,7 @@ def test_final_training_error_is_the_mean_over_the_last_window_of_steps_across_t
     expected = 100.0 * sum(errors_per_step[-10:]) / (10 * 32)
     assert result.history[-1]["final_train_error"] == pytest.approx(expected)
     assert expected != pytest.approx(result.history[-1]["train_error"])  # not the partial last epoch
-    client = tracking.client(store)
+    client = mlflow_store.client(store)
     logged = client.get_metric_history(result.run_id, "final_train_error")
     assert [(m.step, m.value) for m in logged] == [(3, pytest.approx(expected))]
     csv_path = client.download_artifacts(result.run_id, "metrics.csv")
@@ -222,7 +225,7 @@ def test_final_training_error_is_the_mean_over_the_last_window_of_steps_across_t
 def test_diagnostics_record_the_stage_output_std_at_initialisation_and_at_the_end(store):
     result = train(TrainConfig(**TINY, epochs=1, schedule="cosine", diagnostics=True), tracking_uri=store,
                    progress=False)
-    client = tracking.client(store)
+    client = mlflow_store.client(store)
     metrics = client.get_run(result.run_id).data.metrics
     for when, step in (("init", 0), ("final", 1)):
         for stage in ("layer1", "layer2", "layer3"):
@@ -242,5 +245,5 @@ def test_the_test_set_is_evaluated_every_eval_every_epochs_and_at_the_end(store)
         torch.set_num_threads(threads)
     assert [("test_error" in row) for row in result.history] == [False, True, False, True, True]
     assert [("response_std_layer3.2.bn2" in row) for row in result.history] == [False, True, False, True, True]
-    history = tracking.client(store).get_metric_history(result.run_id, "test_error")
+    history = mlflow_store.client(store).get_metric_history(result.run_id, "test_error")
     assert sorted(m.step for m in history) == [2, 4, 5]

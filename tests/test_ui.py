@@ -12,10 +12,10 @@ import urllib.request
 
 import pytest
 
-from resnet import tracking
 from resnet.config import TrainConfig
-from resnet.train import train
-from resnet.ui import study_links, ui_command
+from resnet.tracking import keys
+from resnet.tracking.ui import study_links, ui_command
+from resnet.training.loop import train
 
 
 def _free_port() -> int:
@@ -71,7 +71,7 @@ def test_mlflow_ui_serves_the_study_runs(store):
         assert {f["path"] for f in artifacts["files"]} == {"config.json", "metrics.csv", "state_dict.pt"}
         assert "<html" in urllib.request.urlopen(base, timeout=5).read().decode().lower()
         assert experiment["tags"] and {t["key"]: t["value"] for t in experiment["tags"]}[
-            tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+            keys.EXPERIMENT_KIND_TAG] == keys.EXPERIMENT_KIND
         (link,) = [line.split()[1] for line in study_links(store, base) if line.split()[0] == "ui-check"]
         text = _page_text(link)
         assert "Run Name" in text and "resnet20-A-s0" in text  # the runs table, with the run

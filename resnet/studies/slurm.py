@@ -1,7 +1,7 @@
 """Run a study's pending cells on a Slurm cluster through submitit (``--executor slurm``).
 
-Each Slurm job holds one GPU and runs a shard of the cells on it with the local runner's pool
-(``runner.CellPool``, several cells at once), logging to an MLflow server that every node reaches
+Each Slurm job holds one GPU and runs a shard of the cells on it through the same path as the local
+executor (``pool.run_pending``, several cells at once), logging to an MLflow server that every node reaches
 over HTTP. Checkpoints live in a runs folder every node can reach (``--runs-dir``), so a cell
 interrupted anywhere resumes there, into the same MLflow run.
 
@@ -20,17 +20,31 @@ checkpoint on disk) before it is requeued.
 
 from __future__ import annotations
 
+import getpass
 import math
 import os
 import subprocess
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import tracking
-from .runner import CellOutcome, CellPool, StudyOutcome, _close_parent, parent_run, plan, visible_gpus, warm_data_cache
-from .study import DEFAULT_CELLS_PER_JOB, Study, StudyError
+from ..paths import runs_dir as default_runs_dir
+from ..tracking import keys, store
+from .plan import (
+    FAILED,
+    SKIPPED,
+    TRAINED,
+    CellOutcome,
+    StudyOutcome,
+    cell_runs,
+    close_parent,
+    open_study,
+    plan,
+    visible_gpus,
+)
+from .pool import CellPool
+from .spec import CELLS_PER_GPU, Study, StudyError
 
 # A full cell (64k iterations) with four on one H200 takes well under an hour; three hours leaves
 # room for slower GPUs. A job that still runs out is requeued from its checkpoints (submitit).
@@ -51,18 +65,23 @@ POLL_SECONDS = 15.0
 WARNING_AFTER_TERM_SECONDS = 20
 
 
-def slurm_options(pairs: dict[str, Any], cells_per_job: int) -> dict[str, Any]:
-    """submitit's Slurm parameters: ours by default, each ``--slurm key=value`` over them; an
-    unknown key fails here, before anything is submitted, with the legal ones."""
-    from submitit.slurm.slurm import _get_default_parameters
+def executor(folder: Path, pairs: dict[str, Any], cells_per_job: int, job_name: str):
+    """A submitit Slurm executor with our parameters, each ``--slurm key=value`` over them. An unknown
+    or malformed option fails here, before anything is submitted, with submitit's list of the legal
+    ones; so does a machine without Slurm's ``srun``."""
+    import submitit  # the cluster extra: only this executor needs it
 
-    legal = set(_get_default_parameters())
-    unknown = sorted(set(pairs) - legal)
-    if unknown:
-        raise StudyError(f"--slurm: unknown option {', '.join(unknown)}; legal options (submitit's Slurm "
-                         f"parameters): {', '.join(sorted(legal))}")
+    try:
+        slurm = submitit.SlurmExecutor(folder=str(folder / "%j"), max_num_timeout=MAX_REQUEUES_ON_TIMEOUT)
+    except RuntimeError as error:
+        raise StudyError(f"--executor slurm: {error} (run it on a Slurm cluster's login node)") from None
     # One CPU per cell process: the data are resident on the GPU, so a cell needs no loader workers.
-    return {**DEFAULT_SLURM_OPTIONS, "cpus_per_task": cells_per_job, **pairs}
+    parameters = {**DEFAULT_SLURM_OPTIONS, "cpus_per_task": cells_per_job, **pairs}
+    try:
+        slurm.update_parameters(job_name=job_name, **parameters)
+    except (ValueError, TypeError) as error:
+        raise StudyError(f"--slurm: {error}") from None
+    return slurm, parameters
 
 
 def require_server(uri: str) -> None:
@@ -75,8 +94,9 @@ def require_server(uri: str) -> None:
 
 class StudyShard:
     """What one Slurm job runs: the named cells of ``study`` on this node's GPU, ``jobs`` at a time,
-    under the study's parent run. Finished cells are skipped and interrupted ones resume from their
-    checkpoints (the runner's ``plan``), so running a shard again is always safe.
+    under the study's parent run, through the local executor's path (``plan``, then
+    ``CellPool.run``). Finished cells are skipped and interrupted ones resume from their
+    checkpoints, so running a shard again is always safe.
 
     submitit calls ``checkpoint`` on the warning signal (``Checkpointable``'s protocol)."""
 
@@ -93,21 +113,19 @@ class StudyShard:
 
     def __call__(self) -> dict[str, str]:
         os.environ["RESNET_RUNS_DIR"] = self.runs_dir  # the cells' checkpoints, on the shared folder
-        shard = replace(self.study, cells=tuple(c for c in self.study.cells if c.name in self.cells))
+        shard = [cell for cell in self.study.cells if cell.name in self.cells]
         gpus = visible_gpus()
-        experiment = tracking.experiment_id(self.study.name, self.uri)
+        experiment = store.experiment_id(self.study.name, self.uri)
         outcomes, pending = plan(shard, gpus, self.uri, experiment)
-        for source in dict.fromkeys(cell.config.data for cell in pending):
-            warm_data_cache(source)
         self._pool = CellPool(self.uri, experiment, self.parent, self.jobs, gpus,
-                              output_dir=Path(self.runs_dir) / self.study.name, study_name=self.study.name)
+                              output_dir=Path(self.runs_dir) / self.study.name)
         outcomes.update(self._pool.run(pending, progress=False))
         if self._pool.interrupted:
             # Stopped by SIGTERM. On preemption the warning may follow (submitit's convention: TERM,
             # then USR2); wait for it here, so that submitit can still requeue this job.
             time.sleep(WARNING_AFTER_TERM_SECONDS)
             raise RuntimeError("stopped by a signal; the cells keep their checkpoints: rerun the study to resume")
-        failed = [o for o in outcomes.values() if o.status in ("FAILED", "INVALID")]
+        failed = StudyOutcome(self.study, self.parent, list(outcomes.values()), 0.0).failed
         if failed:
             raise RuntimeError("; ".join(f"{o.cell.name}: {o.message}" for o in failed))
         return {name: outcome.status for name, outcome in outcomes.items()}
@@ -115,7 +133,7 @@ class StudyShard:
     def checkpoint(self, *args, **kwargs):
         """Slurm's warning before preemption or the time limit: stop the cells cleanly (each keeps its
         last epoch's checkpoint and marks its run KILLED), then let submitit requeue this shard."""
-        from submitit.helpers import DelayedSubmission
+        from submitit.helpers import DelayedSubmission  # the cluster extra, present on a Slurm node
 
         print("warning signal: stopping the cells, then requeueing this job", flush=True)
         if self._pool is not None:
@@ -137,37 +155,41 @@ def live_jobs(job_ids: set[str]) -> dict[str, str]:
 
 
 def _user() -> str:
-    import getpass
-
     return getpass.getuser()
+
+
+# A cell as the watcher sees it: the MLflow statuses, or waiting (its job queued), or stopped (no live
+# job holds it and it did not finish).
+WAITING = "WAITING"
+STOPPED = "STOPPED"
+WATCHED = (keys.STATUS_FINISHED, keys.STATUS_FAILED, keys.STATUS_RUNNING, WAITING, STOPPED)
+SLURM_RUNNING = "RUNNING"  # squeue's state of a job that has started
 
 
 @dataclass
 class CellState:
     cell: Any
-    status: str  # FINISHED, FAILED, RUNNING, WAITING (its job queued), STOPPED (no live job holds it)
-    run: Any = None
+    status: str  # one of WATCHED
+    run: Any = None  # its newest FINISHED run, else its newest run (plan.cell_runs)
     job: str | None = None
 
 
-def _cell_states(study_cells, experiment: str, uri: str, parent: str, holders: dict[str, str],
-                 live: dict[str, str]) -> list[CellState]:
-    runs: dict[str, Any] = {}
-    for run in tracking.find_runs(experiment, uri, **{tracking.PARENT_TAG: parent}):  # newest first
-        runs.setdefault(run.data.tags.get(tracking.FINGERPRINT_TAG), run)
+def cell_states(cells, experiment: str, uri: str, holders: dict[str, str], live: dict[str, str]) -> list[CellState]:
+    """Each cell's state: its runs judged as ``plan`` judges them, and the Slurm job that holds it."""
     states = []
-    for cell in study_cells:
-        fingerprint = cell.config.fingerprint()
-        run, job = runs.get(fingerprint), holders.get(fingerprint)
-        if run is not None and run.info.status == tracking.STATUS_FINISHED:
-            states.append(CellState(cell, "FINISHED", run, job))
+    for cell in cells:
+        runs = cell_runs(experiment, cell.config, uri)
+        run, job = runs.finished or runs.latest, holders.get(cell.config.fingerprint())
+        if runs.finished is not None:
+            status = keys.STATUS_FINISHED
         elif job in live:
-            states.append(CellState(cell, "RUNNING" if run is not None and run.info.status == "RUNNING"
-                                    and live[job] == "RUNNING" else "WAITING", run, job))
-        elif run is not None and run.info.status == "FAILED":
-            states.append(CellState(cell, "FAILED", run, job))
+            started = run is not None and run.info.status == keys.STATUS_RUNNING and live[job] == SLURM_RUNNING
+            status = keys.STATUS_RUNNING if started else WAITING
+        elif run is not None and run.info.status == keys.STATUS_FAILED:
+            status = keys.STATUS_FAILED
         else:
-            states.append(CellState(cell, "STOPPED", run, job))
+            status = STOPPED
+        states.append(CellState(cell, status, run, job))
     return states
 
 
@@ -177,15 +199,15 @@ def _time_left(states: list[CellState], jobs_waiting: int) -> str:
     now = time.time() * 1000
     left = []
     for state in states:
-        if state.status != "RUNNING" or state.run is None:
+        if state.status != keys.STATUS_RUNNING or state.run is None:
             continue
         done = state.run.data.metrics.get("step", 0)
-        total = float(state.run.data.params.get(tracking.TOTAL_STEPS_PARAM, 0) or 0)
+        total = float(state.run.data.params.get(keys.TOTAL_STEPS_PARAM, 0) or 0)
         if done and total:
             left.append((now - state.run.info.start_time) / 1000 * (total - done) / done)
     durations = [(s.run.info.end_time - s.run.info.start_time) / 1000 for s in states
-                 if s.status == "FINISHED" and s.run is not None and s.run.info.end_time]
-    running_jobs = max(1, len({s.job for s in states if s.status == "RUNNING"}))
+                 if s.status == keys.STATUS_FINISHED and s.run is not None and s.run.info.end_time]
+    running_jobs = max(1, len({s.job for s in states if s.status == keys.STATUS_RUNNING}))
     queued = math.ceil(jobs_waiting / running_jobs) * (sum(durations) / len(durations)) if durations else None
     if not left and queued is None:
         return "time left not known yet"
@@ -197,43 +219,37 @@ def _time_left(states: list[CellState], jobs_waiting: int) -> str:
 def submit_study(study: Study, *, tracking_uri: str | None = None, cells_per_job: int | None = None,
                  options: dict[str, Any] | None = None, runs_dir: Path | None = None, detach: bool = False,
                  poll_seconds: float = POLL_SECONDS, folder: Path | None = None) -> StudyOutcome:
-    import submitit
-
-    from .paths import runs_dir as default_runs_dir
-
+    """Submit ``study``'s pending cells as Slurm jobs of ``cells_per_job`` cells (default
+    ``CELLS_PER_GPU``) and, unless ``detach``, watch them until no live job holds an unfinished one."""
     started = time.perf_counter()
-    uri = tracking.resolve_tracking_uri(tracking_uri)
+    uri = store.resolve_tracking_uri(tracking_uri)
     require_server(uri)
-    cells_per_job = DEFAULT_CELLS_PER_JOB if cells_per_job is None else cells_per_job
+    cells_per_job = CELLS_PER_GPU if cells_per_job is None else cells_per_job
     if cells_per_job < 1:
-        raise StudyError(f"--jobs (cells per Slurm job) must be at least 1, got {cells_per_job}")
-    parameters = slurm_options(options or {}, cells_per_job)
+        raise StudyError(f"--cells-per-job must be at least 1, got {cells_per_job}")
     runs = Path(runs_dir or default_runs_dir()).resolve()
     folder = Path(folder or runs / study.name / "slurm")
-
-    tracking.prepare_store(uri)
-    experiment = tracking.experiment_id(study.name, uri)  # through the server: artifacts go to its store
-    gpus = list(range(int(parameters.get("gpus_per_node") or 0)))  # what a job will see, for precision
+    slurm, parameters = executor(folder, options or {}, cells_per_job, f"{study.name}-{study.profile}")
+    # What a job will see, for the cells' precision: a job without GPUs runs its cells on the CPU,
+    # whatever this machine has.
+    gpus = list(range(int(parameters.get("gpus_per_node") or 0)))
     print(f"study {study.name} / profile {study.profile}: {len(study.cells)} cells; Slurm jobs of up to "
           f"{cells_per_job} cells{' on one GPU each' if gpus else ' on the CPU'}; MLflow {uri}", flush=True)
-    outcomes, pending = plan(study, gpus, uri, experiment)
-    parent = parent_run(experiment, study, uri, {"profile": study.profile, "jobs": cells_per_job,
-                                                 "cells": len(study.cells), "executor": "slurm",
-                                                 "data": pending[0].config.data if pending else ""})
-    mlflow_client = tracking.client(uri)
+    opened = open_study(study, uri, gpus, {"profile": study.profile, "cells_per_job": cells_per_job,
+                                           "executor": "slurm"})
+    experiment, parent, outcomes = opened.experiment, opened.parent, dict(opened.outcomes)
+    mlflow_client = store.client(uri)
     holders = _holders(mlflow_client, parent)
     live = live_jobs(set(holders.values()))
-    held = [cell for cell in pending if holders.get(cell.config.fingerprint()) in live]
-    missing = [cell for cell in pending if cell not in held]
+    held = [cell for cell in opened.pending if holders.get(cell.config.fingerprint()) in live]
+    missing = [cell for cell in opened.pending if cell not in held]
     for cell in held:
         job = holders[cell.config.fingerprint()]
         print(f"  queued   {cell.name} (Slurm job {job}, {live[job]})", flush=True)
 
-    executor = submitit.SlurmExecutor(folder=str(folder / "%j"), max_num_timeout=MAX_REQUEUES_ON_TIMEOUT)
-    executor.update_parameters(job_name=f"{study.name}-{study.profile}", **parameters)
     for start in range(0, len(missing), cells_per_job):
         shard = missing[start:start + cells_per_job]
-        job = executor.submit(StudyShard(study, [c.name for c in shard], uri, parent, cells_per_job, str(runs)))
+        job = slurm.submit(StudyShard(study, [c.name for c in shard], uri, parent, cells_per_job, str(runs)))
         mlflow_client.log_batch(parent, tags=[_job_tag(cell, job.job_id) for cell in shard])
         for cell in shard:
             holders[cell.config.fingerprint()] = job.job_id
@@ -245,24 +261,22 @@ def submit_study(study: Study, *, tracking_uri: str | None = None, cells_per_job
               "command, without --detach, to watch them", flush=True)
         return StudyOutcome(study, parent, list(outcomes.values()), time.perf_counter() - started)
 
-    cells = held + missing
-    states = _watch(cells, experiment, uri, parent, holders, poll_seconds)
-    for state in states:
-        run_id = state.run.info.run_id if state.run is not None else None
-        status = {"FINISHED": "FINISHED", "FAILED": "FAILED"}.get(state.status, "FAILED")
-        message = "" if status == "FINISHED" else (
-            state.run.data.tags.get(tracking.FAILURE_REASON_TAG, "") if state.run is not None else "") or \
-            f"its Slurm job {state.job} ended before the cell finished (log: {folder / str(state.job)}); " \
-            "rerun the same command to resume it"
-        outcomes[state.cell.name] = CellOutcome(state.cell, status, run_id=run_id, message=message,
+    for state in _watch(held + missing, experiment, uri, holders, poll_seconds):
+        finished = state.status == keys.STATUS_FINISHED
+        reason = state.run.data.tags.get(keys.FAILURE_REASON_TAG, "") if state.run is not None else ""
+        message = "" if finished else reason or (
+            f"its Slurm job {state.job} ended before the cell finished (log: {folder / str(state.job)}); "
+            "rerun the same command to resume it")
+        outcomes[state.cell.name] = CellOutcome(state.cell, TRAINED if finished else FAILED,
+                                                run_id=state.run.info.run_id if state.run is not None else None,
+                                                message=message,
                                                 final=state.run.data.metrics if state.run is not None else {})
     ordered = [outcomes[c.name] for c in study.cells if c.name in outcomes]
     result = StudyOutcome(study, parent, ordered, time.perf_counter() - started)
-    _close_parent(mlflow_client, parent, result, result.wall_seconds, "FAILED" if result.failed else "FINISHED")
-    counts = {status: sum(c.status == status for c in result.cells) for status in ("SKIPPED", "FINISHED", "FAILED")}
-    print(f"\nstudy {study.name}/{study.profile} on Slurm: {counts['FINISHED']} finished now, {counts['SKIPPED']} "
-          f"already done, {len(result.failed)} not finished, in {result.wall_seconds:.0f}s (MLflow parent run "
-          f"{parent})", flush=True)
+    close_parent(uri, result, result.wall_seconds)
+    print(f"\nstudy {study.name}/{study.profile} on Slurm: {result.count(TRAINED)} finished now, "
+          f"{result.count(SKIPPED)} already done, {len(result.failed)} not finished, in {result.wall_seconds:.0f}s "
+          f"(MLflow parent run {parent})", flush=True)
     for outcome in result.failed:
         print(f"  not finished {outcome.cell.name}: {outcome.message}", flush=True)
     return result
@@ -271,32 +285,31 @@ def submit_study(study: Study, *, tracking_uri: str | None = None, cells_per_job
 def _job_tag(cell, job_id: str):
     from mlflow.entities import RunTag
 
-    return RunTag(tracking.SLURM_JOB_TAG_PREFIX + cell.config.fingerprint(), str(job_id))
+    return RunTag(keys.SLURM_JOB_TAG_PREFIX + cell.config.fingerprint(), str(job_id))
 
 
 def _holders(mlflow_client, parent: str) -> dict[str, str]:
     tags = mlflow_client.get_run(parent).data.tags
-    return {key.removeprefix(tracking.SLURM_JOB_TAG_PREFIX): value for key, value in tags.items()
-            if key.startswith(tracking.SLURM_JOB_TAG_PREFIX)}
+    return {key.removeprefix(keys.SLURM_JOB_TAG_PREFIX): value for key, value in tags.items()
+            if key.startswith(keys.SLURM_JOB_TAG_PREFIX)}
 
 
-def _watch(cells, experiment: str, uri: str, parent: str, holders: dict[str, str],
-           poll_seconds: float) -> list[CellState]:
+def _watch(cells, experiment: str, uri: str, holders: dict[str, str], poll_seconds: float) -> list[CellState]:
     """Until no live job holds an unfinished cell: a line whenever the count changes."""
     last = None
     while True:
         live = live_jobs({holders[c.config.fingerprint()] for c in cells if c.config.fingerprint() in holders})
-        states = _cell_states(cells, experiment, uri, parent, holders, live)
-        count = {status: sum(s.status == status for s in states)
-                 for status in ("FINISHED", "FAILED", "RUNNING", "WAITING", "STOPPED")}
-        jobs_waiting = len({s.job for s in states if s.status == "WAITING"})
-        line = (f"  [{count['FINISHED']}/{len(states)} finished, {count['FAILED']} failed, {count['RUNNING']} "
-                f"running, {count['WAITING']} waiting in {jobs_waiting} jobs"
-                f"{', ' + str(count['STOPPED']) + ' stopped' if count['STOPPED'] else ''}")
-        active = count["RUNNING"] + count["WAITING"]
-        if (line, count["FINISHED"]) != last:
+        states = cell_states(cells, experiment, uri, holders, live)
+        count = {status: sum(s.status == status for s in states) for status in WATCHED}
+        finished, failed = count[keys.STATUS_FINISHED], count[keys.STATUS_FAILED]
+        running, waiting, stopped = count[keys.STATUS_RUNNING], count[WAITING], count[STOPPED]
+        jobs_waiting = len({s.job for s in states if s.status == WAITING})
+        line = (f"  [{finished}/{len(states)} finished, {failed} failed, {running} running, {waiting} waiting in "
+                f"{jobs_waiting} jobs{f', {stopped} stopped' if stopped else ''}")
+        active = running + waiting
+        if (line, finished) != last:
             print(f"{line}{'; ' + _time_left(states, jobs_waiting) if active else ''}]", flush=True)
-            last = (line, count["FINISHED"])
+            last = (line, finished)
         if not active:
             return states
         time.sleep(poll_seconds)

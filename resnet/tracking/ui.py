@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import tracking
+from . import keys, store
 
 
 def ui_command(tracking_uri: str, port: int, host: str = "127.0.0.1") -> list[str]:
@@ -25,11 +25,11 @@ def ui_command(tracking_uri: str, port: int, host: str = "127.0.0.1") -> list[st
 
 def study_links(tracking_uri: str, ui_base: str) -> list[str]:
     """``name  url`` for every experiment with runs, as the UI should open it."""
-    mlflow_client = tracking.client(tracking_uri)
+    mlflow_client = store.client(tracking_uri)
     lines = []
     for experiment in mlflow_client.search_experiments(max_results=1000):
         if mlflow_client.search_runs([experiment.experiment_id], max_results=1):
-            lines.append(f"  {experiment.name:<14} {tracking.ui_experiment_url(ui_base, experiment.experiment_id)}")
+            lines.append(f"  {experiment.name:<14} {keys.ui_experiment_url(ui_base, experiment.experiment_id)}")
     return lines
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 5000)))
     parser.add_argument("--tracking-uri", default=None)
     args = parser.parse_args(argv)
-    uri = tracking.prepare_store(tracking.resolve_tracking_uri(args.tracking_uri))
+    uri = store.prepare_store(store.resolve_tracking_uri(args.tracking_uri))
     base = f"http://127.0.0.1:{args.port}"
     print(f"MLflow UI for {uri} at {base} (Ctrl-C to stop). Each study's runs table:", flush=True)
     print("\n".join(study_links(uri, base)) or "  (no runs yet: make reproduce)", flush=True)

@@ -1,7 +1,7 @@
 """What one step of training is: the optimiser, augmentation and normalisation on the device, the
 eager and CUDA-graph steps, evaluation, and the Figure 7 layer statistics.
 
-The run loop (``train.py``) and the throughput bench (``bench.py``) both build on these parts, so
+The run loop (``loop.py``) and the throughput bench (``bench.py``) both build on these parts, so
 the bench times exactly the step that training runs.
 
 Precision is one setting (:class:`Precision`): ``bf16`` runs the model under bf16 autocast with
@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import paper
-from .config import ConfigError, resolve_precision
-from .data import MEAN, STD
-from .models import three_by_three_responses
+from .. import paper
+from ..config import ConfigError, resolve_precision
+from ..data import MEAN, STD
+from ..measures import three_by_three_responses
 
 EVAL_BATCH = 1000
 LAYER_STATISTICS_BATCH = 256  # the fixed batch the Figure 7 statistics are measured on
@@ -275,20 +275,22 @@ class GraphedTrainStep(TrainStep):
         # recorded steps: snapshot them and restore afterwards so the curve equals the eager one.
         state = [t for t in model.state_dict().values()] + optimizer.momentum_buffers + metrics.window_tensors()
         snapshot = [t.clone() for t in state]
-        side_stream = torch.cuda.Stream(device)
-        side_stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side_stream):
-            for _ in range(GRAPH_PRIMING_STEPS):
-                optimizer.zero_grad()
+        try:
+            side_stream = torch.cuda.Stream(device)
+            side_stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side_stream):
+                for _ in range(GRAPH_PRIMING_STEPS):
+                    optimizer.zero_grad()
+                    self._forward_backward_update(self.static_images, self.static_labels, cache_enabled=False)
+            torch.cuda.current_stream(device).wait_stream(side_stream)
+            optimizer.zero_grad()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
                 self._forward_backward_update(self.static_images, self.static_labels, cache_enabled=False)
-        torch.cuda.current_stream(device).wait_stream(side_stream)
-        optimizer.zero_grad()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._forward_backward_update(self.static_images, self.static_labels, cache_enabled=False)
-        with torch.no_grad():
-            for tensor, saved in zip(state, snapshot):
-                tensor.copy_(saved)
+        finally:  # also when capture fails: the eager fallback then starts from the same state
+            with torch.no_grad():
+                for tensor, saved in zip(state, snapshot):
+                    tensor.copy_(saved)
         metrics.reset_epoch()
         self.mode = "cuda-graph"
 

@@ -1,12 +1,12 @@
-"""``python -m resnet.papermill_cell <papermill arguments>``: papermill for one study cell, deaf to
+"""``python -m resnet.studies.papermill_cell <papermill arguments>``: papermill for one study cell, deaf to
 SIGTERM and SIGUSR2.
 
 Slurm signals every process of a job (TERM on cancel or preemption, USR2 as the time-limit warning)
 and papermill would die at once, its kernel then shutting itself down a second later, before it
 has recorded the stop in MLflow. So papermill ignores both and waits for its kernel, which handles
-them (``train._StopSignals``: the run is marked KILLED, its last epoch checkpointed); the kernel
-driver puts SIGTERM back to its default when it starts (``resnet.notebook``). The study runner
-stops a cell by signalling its kernel (``runner.CellPool.stop``).
+them (``training.stop.StopSignals``: the run is marked KILLED, its last epoch checkpointed); the kernel
+driver puts SIGTERM back to its default when it starts (``studies.notebook``). The study runner
+stops a cell by signalling its kernel (``pool.CellPool.stop``).
 
 Nothing heavy is imported here: this starts once per cell.
 """

@@ -11,8 +11,8 @@ import signal
 import threading
 from typing import Any
 
-from .config import ConfigError, TrainConfig
-from .train import TrainResult, train
+from ..config import ConfigError, TrainConfig
+from ..training.loop import TrainResult, train
 
 # Parameters the notebook takes besides the TrainConfig fields.
 RUNNER_OPTIONS = ("tracking_uri", "parent_run_id", "progress")

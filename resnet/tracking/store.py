@@ -1,9 +1,9 @@
-"""MLflow plumbing: which store, which experiment, which run, and every tag key.
+"""MLflow plumbing: which store, which experiment, which run; logging rows, files and ends.
 
 Training and the study runner write through these helpers; the report reads through them. They
 take plain dicts (never a training config), so the report does not depend on the trainer.
 Everything goes through ``MlflowClient`` with an explicit URI, so nothing depends on MLflow's
-process-global state (notebooks run many cells in one kernel).
+process-global state (notebooks run many cells in one kernel). The keys live in ``keys``.
 """
 
 from __future__ import annotations
@@ -12,91 +12,23 @@ import csv
 import io
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from .paths import project_root
-
-STATUS_FINISHED = "FINISHED"
-
-# Run tags: the one place their keys are spelled.
-FINGERPRINT_TAG = "config_fingerprint"
-PARENT_TAG = "mlflow.parentRunId"
-ROLE_TAG = "role"  # ROLE_STUDY for a study's parent run, ROLE_CELL for a training run
-ROLE_STUDY = "study"
-ROLE_CELL = "cell"
-STUDY_TAG = "study"
-PROFILE_TAG = "profile"
-CELL_TAG = "cell"
-MODEL_TAG = "model"
-SHORTCUT_TAG = "shortcut"
-SEED_TAG = "seed"
-DEVICE_TAG = "device"
-TORCH_VERSION_TAG = "torch_version"
-DATA_PROVENANCE_TAG = "data_provenance"
-DATA_DESCRIPTION_TAG = "data_description"
-FAILURE_REASON_TAG = "failure_reason"
-GIT_COMMIT_TAG = "git_commit"
-GIT_DIRTY_TAG = "git_dirty"
-# Experiment tag: MLflow 3's UI opens an experiment of unknown kind on its GenAI traces page; this
-# kind opens it on the runs table and charts. Newer UIs (3.17) decide by a workflow switch instead,
-# which a link sets with UI_WORKFLOW: every link this project prints carries it.
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
-UI_WORKFLOW = "workflowType=machine_learning"
-
-# Run parameter: a cell's SGD steps in all (its progress is its logged ``step`` metric over this).
-TOTAL_STEPS_PARAM = "total_steps"
-# Parent-run tag prefix: ``slurm_job.<cell fingerprint>`` = the Slurm job that holds the cell.
-SLURM_JOB_TAG_PREFIX = "slurm_job."
+from ..paths import project_root
+from .keys import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    FAILURE_REASON_TAG,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    STATUS_RUNNING,
+)
 
 MLFLOW_BATCH_LIMIT = 1000  # metrics per log_batch call
-
-
-def ui_experiment_url(ui_base: str, experiment: str) -> str:
-    """The experiment's runs table in the MLflow UI (not its GenAI page)."""
-    return f"{ui_base}/#/experiments/{experiment}/runs?{UI_WORKFLOW}"
-
-
-def ui_run_url(ui_base: str, experiment: str, run_id: str) -> str:
-    return f"{ui_base}/#/experiments/{experiment}/runs/{run_id}?{UI_WORKFLOW}"
-
-
-# How runs recorded before normalisation was a setting read today: all were per-channel, and the
-# schedule they called "paper" compressed its drops into the run (today's "paper-compressed").
-LEGACY_NORMALISATION = "per-channel"
-LEGACY_SCHEDULE_NAMES = {"paper": "paper-compressed"}  # recorded name -> today's name
-
-
-def legacy_precision(device_tag: str) -> str:
-    """The precision a run recorded before precision was a setting ran in, from its device tag:
-    bf16 autocast on CUDA, fp32 on the CPU."""
-    return "fp32" if device_tag in ("", "cpu") else "bf16"
-
-
-# The initialisation ablation (config ``zero_init_residual``): how its runs are named and labelled,
-# beside the shortcut option, so that "ResNet-56 (A, zero-init)" is a network of its own on the page.
-ZERO_INIT_PARAM = "zero_init_residual"
-ZERO_INIT_LABEL = "zero-init"
-
-
-def network_option(shortcut_tag: str, params: dict[str, str]) -> str:
-    """The shortcut option as the report keys networks: ``A``, or ``A, zero-init`` for the ablation."""
-    zero_init = str(params.get(ZERO_INIT_PARAM, "False")).lower() == "true"
-    return f"{shortcut_tag}, {ZERO_INIT_LABEL}" if zero_init else shortcut_tag
-
-
-def recorded_settings(params: dict[str, str], device_tag: str) -> dict[str, str]:
-    """A run's schedule, precision and normalisation as it ran, also when an earlier version
-    recorded it (``LEGACY_*`` above; before precision was a setting, see :func:`legacy_precision`)."""
-    schedule = str(params.get("schedule", ""))
-    if "normalisation" not in params:
-        schedule = LEGACY_SCHEDULE_NAMES.get(schedule, schedule)
-    return {"schedule": schedule, "precision": str(params.get("precision", legacy_precision(device_tag))),
-            "normalisation": str(params.get("normalisation", LEGACY_NORMALISATION))}
-
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
     """``explicit``, else ``$MLFLOW_TRACKING_URI``, else the SQLite store at the project root."""
@@ -186,15 +118,16 @@ def reopen_run(mlflow_client, run_id: str) -> str | None:
         mlflow_client.get_run(run_id)
     except Exception:
         return None
-    mlflow_client.update_run(run_id, status="RUNNING")
+    mlflow_client.update_run(run_id, status=STATUS_RUNNING)
     mlflow_client.set_tag(run_id, FAILURE_REASON_TAG, "")
     return run_id
 
 
 def log_metrics(mlflow_client, run_id: str, rows: list[dict[str, float]]) -> None:
     """Every value of every row, at the row's epoch as MLflow's step."""
-    step_key = "epoch"
     from mlflow.entities import Metric
+
+    step_key = "epoch"
 
     now = int(time.time() * 1000)
     metrics = [Metric(key, float(value), now, int(row[step_key]))
@@ -222,8 +155,6 @@ def end_run(mlflow_client, run_id: str, status: str, reason: str = "", files: di
             log_files(mlflow_client, run_id, files)
         mlflow_client.set_terminated(run_id, status)
     except Exception as error:
-        import sys
-
         print(f"warning: could not mark MLflow run {run_id} {status}: {error}", file=sys.stderr)
 
 

@@ -17,13 +17,10 @@ epoch.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +29,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import paper, tracking
-from .config import WARMUP_CHECK_STEPS, ConfigError, TrainConfig
-from .data import Cifar10, load_cifar10, subset, validation_split
+from .. import paper
+from ..config import WARMUP_CHECK_STEPS, TrainConfig
+from ..data import Cifar10, load_cifar10, subset, validation_split
+from ..measures import count_multiply_adds, count_parameters
+from ..models import build_model
+from ..paths import atomic_write_bytes, runs_dir
+from ..tracking import keys, store
+from ..tracking.keys import TOTAL_STEPS_PARAM
 from .engine import (
     LAYER_STATISTICS_BATCH,
     SGD,
@@ -49,58 +51,12 @@ from .engine import (
     resolve_device,
     stage_output_stds,
 )
-from .models import build_model, count_multiply_adds, count_parameters
-from .paths import atomic_write_bytes, runs_dir
-from .tracking import TOTAL_STEPS_PARAM
+from .schedule import Schedule
+from .stop import StopSignals
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the MLflow run was ended FAILED with the reason."""
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """How long to train and the learning rate at every step."""
-
-    total_steps: int
-    steps_per_epoch: int
-    base_lr: float
-    kind: str
-    milestone_steps: tuple[int, ...]
-
-    @classmethod
-    def for_config(cls, config: TrainConfig, train_size: int) -> Schedule:
-        steps_per_epoch = train_size // config.batch_size  # full batches only: one static shape
-        if steps_per_epoch < 1:
-            raise ConfigError(f"batch_size: {config.batch_size} is larger than the {train_size} training images")
-        if config.iterations is not None:
-            total = config.iterations
-        elif config.epochs is not None:
-            total = config.epochs * steps_per_epoch
-        else:
-            total = paper.ITERATIONS
-        if config.schedule == "paper":
-            # The drops at 32k and 48k iterations, absolute: a shorter run is the paper's run stopped early.
-            milestones = paper.LR_DROP_ITERATIONS
-        elif config.schedule == "paper-compressed":
-            # The drops at the same fractions of any length as 32k and 48k are of 64k.
-            milestones = tuple(total * drop // paper.ITERATIONS for drop in paper.LR_DROP_ITERATIONS)
-        elif config.schedule == "multistep":
-            milestones = tuple(epoch * steps_per_epoch for epoch in config.milestones)
-        else:
-            milestones = ()
-        return cls(total, steps_per_epoch, config.lr, config.schedule, milestones)
-
-    @property
-    def epochs(self) -> int:
-        return math.ceil(self.total_steps / self.steps_per_epoch)
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate for SGD step ``step`` (0-based)."""
-        if self.kind == "cosine":
-            return 0.5 * self.base_lr * (1 + math.cos(math.pi * step / self.total_steps))
-        drops = sum(step >= milestone for milestone in self.milestone_steps)
-        return self.base_lr * paper.LR_DROP_FACTOR**drops
 
 
 @dataclass
@@ -108,7 +64,6 @@ class TrainResult:
     run_id: str
     config: TrainConfig
     history: list[dict[str, float]] = field(default_factory=list)
-    status: str = "FINISHED"
     step_mode: str = "eager"
 
 
@@ -158,21 +113,21 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
     data = prepare_data(config, data)
-    uri = tracking.prepare_store(tracking_uri)
-    mlflow_client = tracking.client(uri)
+    uri = store.prepare_store(tracking_uri)
+    mlflow_client = store.client(uri)
     checkpoint_file = checkpoint_path(config, checkpoint_dir)
     run = _Run.start(config, data, device)
 
     if checkpoint_file.is_file():
         state = run.restore(checkpoint_file)
-        state.run_id = tracking.reopen_run(mlflow_client, state.run_id)
+        state.run_id = store.reopen_run(mlflow_client, state.run_id)
     else:
         state = _Progress(history=[], warming_up=config.warmup, initial=run.stage_stds("init"))
     if state.run_id is None:
-        experiment = tracking.experiment_id(config.study, uri)
+        experiment = store.experiment_id(config.study, uri)
         state.run_id = _create_run(mlflow_client, experiment, config, data, run, parent_run_id)
         # The checkpoint may have outlived its run: log what it holds.
-        tracking.log_metrics(mlflow_client, state.run_id, [{"epoch": 0, **state.initial}, *state.history])
+        store.log_metrics(mlflow_client, state.run_id, [{"epoch": 0, **state.initial}, *state.history])
     elif state.history:
         print(f"resuming {config.run_name} at epoch {len(state.history) + 1}/{run.schedule.epochs} "
               f"(MLflow run {state.run_id})")
@@ -180,96 +135,43 @@ def train(
     result = TrainResult(state.run_id, config, state.history)
     # The stop signals' handler stays until the run is recorded as KILLED: a second signal must not
     # cut that short.
-    with _StopSignals() as signals:
+    with StopSignals() as signals:
         try:
             for epoch in range(len(state.history) + 1, run.schedule.epochs + 1):
                 metrics = run.epoch(epoch, state, progress)
                 result.step_mode = run.train_step.mode
                 with signals.recording():
                     state.history.append(metrics)
-                    tracking.log_metrics(mlflow_client, state.run_id, [metrics])
+                    store.log_metrics(mlflow_client, state.run_id, [metrics])
                     run.save(checkpoint_file, state)
                 _print_epoch(config.run_name, metrics, run.schedule.epochs)
                 if on_epoch_end is not None:
                     on_epoch_end(metrics)
         except TrainingDiverged as error:
-            tracking.end_run(mlflow_client, state.run_id, "FAILED", f"diverged: {error}",
+            store.end_run(mlflow_client, state.run_id, keys.STATUS_FAILED, f"diverged: {error}",
                              _history_files(state.history))
             checkpoint_file.unlink(missing_ok=True)  # resuming a NaN run would only diverge again
-            result.status = "FAILED"
             raise
         except KeyboardInterrupt as stop:
-            tracking.end_run(mlflow_client, state.run_id, "KILLED",
+            store.end_run(mlflow_client, state.run_id, keys.STATUS_KILLED,
                              f"interrupted ({stop or 'Ctrl-C'}); rerun to resume from the last epoch",
                              _history_files(state.history))
             raise
         except Exception as error:
-            tracking.end_run(mlflow_client, state.run_id, "FAILED", f"{type(error).__name__}: {error}",
+            store.end_run(mlflow_client, state.run_id, keys.STATUS_FAILED, f"{type(error).__name__}: {error}",
                              _history_files(state.history))
             raise
 
     final = {"final_train_error": run.record.final_error(state.step, config.batch_size), **run.stage_stds("final")}
-    tracking.log_metrics(mlflow_client, state.run_id, [{"epoch": state.history[-1]["epoch"], **final}])
+    store.log_metrics(mlflow_client, state.run_id, [{"epoch": state.history[-1]["epoch"], **final}])
     for row in state.history:  # the run's one final number, on every row of its CSV
         row["final_train_error"] = final["final_train_error"]
-    tracking.log_files(mlflow_client, state.run_id, {
+    store.log_files(mlflow_client, state.run_id, {
         "state_dict.pt": run.weights(), **_history_files(state.history),
         "config.json": json.dumps(config.to_dict(), indent=2).encode()})
-    mlflow_client.set_terminated(state.run_id, tracking.STATUS_FINISHED)
+    mlflow_client.set_terminated(state.run_id, keys.STATUS_FINISHED)
     checkpoint_file.unlink(missing_ok=True)  # the weights now live in MLflow
     return result
-
-
-class _StopSignals:
-    """SIGTERM and SIGUSR2 stop training as Ctrl-C does: the run is marked KILLED and the last
-    epoch's checkpoint stays for the rerun. The study runner stops cells with SIGTERM (on Ctrl-C, and
-    in a Slurm job on the scheduler's warning); Slurm itself may signal every process of a job (TERM
-    on cancel or preemption, USR2 as the time-limit warning). Without this the kernel would die with
-    its run left RUNNING.
-
-    The first signal stops; later ones are ignored, so that recording the stop is not cut short.
-    Between an epoch's metrics going to MLflow and its checkpoint being written (``recording()``)
-    the signal waits, so that a resumed run never logs an epoch twice. Signal handlers live in the
-    main thread only; elsewhere this does nothing."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
-
-    def __init__(self):
-        self.recording_epoch = False
-        self.pending: str | None = None
-        self.stopping = False
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {signum: signal.signal(signum, self._stop) for signum in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc_info):
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        return False
-
-    def _stop(self, signum, frame):
-        if self.stopping:
-            return
-        name = f"signal {signal.Signals(signum).name}"
-        if self.recording_epoch:
-            self.pending = name
-            return
-        self.stopping = True
-        raise KeyboardInterrupt(name)
-
-    @contextlib.contextmanager
-    def recording(self):
-        self.recording_epoch = True
-        try:
-            yield
-        finally:
-            self.recording_epoch = False
-        if self.pending and not self.stopping:
-            self.stopping = True
-            raise KeyboardInterrupt(self.pending)
 
 
 @dataclass
@@ -400,28 +302,28 @@ def _create_run(
 ) -> str:
     device = run.precision.device
     tags = {
-        **tracking.git_state(),
-        tracking.FINGERPRINT_TAG: config.fingerprint(),
-        tracking.ROLE_TAG: tracking.ROLE_CELL,
-        tracking.STUDY_TAG: config.study,
-        tracking.CELL_TAG: config.cell or config.run_name,
-        tracking.MODEL_TAG: config.model,
-        tracking.SHORTCUT_TAG: config.shortcut or "none",
-        tracking.SEED_TAG: str(config.seed),
-        tracking.DEVICE_TAG: torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        tracking.TORCH_VERSION_TAG: torch.__version__,
-        tracking.DATA_PROVENANCE_TAG: data.provenance,
-        tracking.DATA_DESCRIPTION_TAG: data.description,
+        **store.git_state(),
+        keys.FINGERPRINT_TAG: config.fingerprint(),
+        keys.ROLE_TAG: keys.ROLE_CELL,
+        keys.STUDY_TAG: config.study,
+        keys.CELL_TAG: config.cell or config.run_name,
+        keys.MODEL_TAG: config.model,
+        keys.SHORTCUT_TAG: config.shortcut or "none",
+        keys.SEED_TAG: str(config.seed),
+        keys.DEVICE_TAG: torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        keys.TORCH_VERSION_TAG: torch.__version__,
+        keys.DATA_PROVENANCE_TAG: data.provenance,
+        keys.DATA_DESCRIPTION_TAG: data.description,
     }
     if parent_run_id:
-        tags[tracking.PARENT_TAG] = parent_run_id
-    return tracking.create_run(
+        tags[keys.PARENT_TAG] = parent_run_id
+    return store.create_run(
         mlflow_client, experiment, config.run_name, tags, {**config.to_dict(), **run.description}
     )
 
 
 def _history_files(history: list[dict[str, float]]) -> dict[str, bytes]:
-    return {"metrics.csv": tracking.metrics_csv(history)} if history else {}
+    return {"metrics.csv": store.metrics_csv(history)} if history else {}
 
 
 def _print_epoch(run_name: str, metrics: dict[str, Any], epochs: int) -> None:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import pandas as pd
 from scipy import stats
 
+from ..tracking.keys import STATUS_FINISHED
 from .results import final_training_errors, label, network_rows
-from .tracking import STATUS_FINISHED
 
 CONFIDENCE = 0.95
 ANSWERS = ("Yes", "No", "Not decided")

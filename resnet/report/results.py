@@ -3,7 +3,7 @@ earlier report wrote, so that a committed CSV rebuilds the same report without t
 
 Run-level numbers (the final training error over the last 390 iterations, the Figure 7 layer and
 stage statistics) are columns too, repeated on every row of their run. Runs and CSVs recorded by
-earlier versions are read as what they ran (``tracking.recorded_settings``).
+earlier versions are read as what they ran (``keys.recorded_settings``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import tracking
+from ..tracking import keys, store
 
 # Per-epoch metrics read from each run's history.
 METRICS = ("train_error", "test_error", "train_loss", "test_loss", "step", "lr", "max_step_loss")
@@ -27,8 +27,8 @@ RUN_COLUMNS = ["study", "profile", "run_id", "experiment_id", "cell", "model", "
                "git_commit", "git_dirty", "start_time"]
 # The paper's grids, as (model, shortcut) pairs; "none" for plain nets. The shortcut column holds the
 # option as the page names the network: "A", or "A, zero-init" for the initialisation ablation
-# (tracking.network_option), a network of its own.
-ZERO_INIT_A = f"A, {tracking.ZERO_INIT_LABEL}"
+# (keys.network_option), a network of its own.
+ZERO_INIT_A = f"A, {keys.ZERO_INIT_LABEL}"
 DEGRADATION_NETWORKS = [("plain18", "none"), ("plain34", "none"), ("resnet18", "A"), ("resnet18", "B"),
                         ("resnet18", "C"), ("resnet34", "A"), ("resnet34", "B"), ("resnet34", "C")]
 CIFAR_DEPTH_NETWORKS = ([(f"plain{d}", "none") for d in (20, 32, 44, 56)]
@@ -40,23 +40,23 @@ def collect_runs(study: str, tracking_uri: str | None = None, profile: str | Non
 
     ``profile`` picks the parent run's profile; by default the most recently started profile.
     """
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    mlflow_client = tracking.client(uri)
+    uri = store.resolve_tracking_uri(tracking_uri)
+    mlflow_client = store.client(uri)
     experiment = mlflow_client.get_experiment_by_name(study)
     if experiment is None:
         return pd.DataFrame(columns=RUN_COLUMNS + ["epoch", *METRICS])
     runs = mlflow_client.search_runs([experiment.experiment_id], max_results=5000,
                                      order_by=["attributes.start_time DESC"])
-    parents = {r.info.run_id: r.data.tags.get(tracking.PROFILE_TAG, "") for r in runs
-               if r.data.tags.get(tracking.ROLE_TAG) == tracking.ROLE_STUDY}
+    parents = {r.info.run_id: r.data.tags.get(keys.PROFILE_TAG, "") for r in runs
+               if r.data.tags.get(keys.ROLE_TAG) == keys.ROLE_STUDY}
     if profile is None and parents:
-        profile = next(r.data.tags.get(tracking.PROFILE_TAG) for r in runs if r.info.run_id in parents)
+        profile = next(r.data.tags.get(keys.PROFILE_TAG) for r in runs if r.info.run_id in parents)
     rows = []
     for run in runs:
         tags = run.data.tags
-        if tags.get(tracking.ROLE_TAG) != tracking.ROLE_CELL:
+        if tags.get(keys.ROLE_TAG) != keys.ROLE_CELL:
             continue
-        run_profile = parents.get(tags.get(tracking.PARENT_TAG, ""), "")
+        run_profile = parents.get(tags.get(keys.PARENT_TAG, ""), "")
         if profile is not None and run_profile != profile:
             continue
         base = _run_row(run, study, run_profile, experiment.experiment_id)
@@ -79,21 +79,21 @@ def _run_metric_columns(frame: pd.DataFrame) -> list[str]:
 def _run_row(run, study: str, profile: str, experiment_id: str) -> dict:
     """The run-level columns of one MLflow run."""
     tags, params = run.data.tags, run.data.params
-    device = tags.get(tracking.DEVICE_TAG, "")
+    device = tags.get(keys.DEVICE_TAG, "")
     started = _dt.datetime.fromtimestamp(run.info.start_time / 1000, _dt.timezone.utc)
     return {
         "study": study, "profile": profile, "run_id": run.info.run_id, "experiment_id": experiment_id,
-        "cell": tags.get(tracking.CELL_TAG, run.info.run_name),
-        "model": tags.get(tracking.MODEL_TAG, params.get("model")),
-        "shortcut": tracking.network_option(tags.get(tracking.SHORTCUT_TAG, "none"), params),
-        "seed": int(tags.get(tracking.SEED_TAG, params.get("seed", 0))),
-        "status": run.info.status, "failure_reason": tags.get(tracking.FAILURE_REASON_TAG, ""),
+        "cell": tags.get(keys.CELL_TAG, run.info.run_name),
+        "model": tags.get(keys.MODEL_TAG, params.get("model")),
+        "shortcut": keys.network_option(tags.get(keys.SHORTCUT_TAG, "none"), params),
+        "seed": int(tags.get(keys.SEED_TAG, params.get("seed", 0))),
+        "status": run.info.status, "failure_reason": tags.get(keys.FAILURE_REASON_TAG, ""),
         "parameters": int(params.get("parameters", 0)), "multiply_adds": int(params.get("multiply_adds", 0)),
-        **tracking.recorded_settings(params, device), "iterations": params.get("iterations", ""),
+        **keys.recorded_settings(params, device), "iterations": params.get("iterations", ""),
         "epochs_planned": params.get("epochs", ""), "batch_size": params.get("batch_size", ""), "device": device,
-        "data_provenance": tags.get(tracking.DATA_PROVENANCE_TAG, ""),
-        "data_description": tags.get(tracking.DATA_DESCRIPTION_TAG, ""),
-        "git_commit": tags.get(tracking.GIT_COMMIT_TAG, ""), "git_dirty": tags.get(tracking.GIT_DIRTY_TAG, ""),
+        "data_provenance": tags.get(keys.DATA_PROVENANCE_TAG, ""),
+        "data_description": tags.get(keys.DATA_DESCRIPTION_TAG, ""),
+        "git_commit": tags.get(keys.GIT_COMMIT_TAG, ""), "git_dirty": tags.get(keys.GIT_DIRTY_TAG, ""),
         "start_time": started.isoformat(timespec="seconds"),
     }
 
@@ -104,7 +104,7 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     numeric = [c for c in head if c in METRICS + ("epoch",) or c.startswith(RUN_METRIC_PREFIXES)]
     table = pd.read_csv(path, dtype={"shortcut": str, "run_id": str, "experiment_id": str}, keep_default_na=False,
                         na_values={c: [""] for c in numeric})
-    recorded = [tracking.recorded_settings({k: row[k] for k in ("schedule", "precision", "normalisation") if k in head},
+    recorded = [keys.recorded_settings({k: row[k] for k in ("schedule", "precision", "normalisation") if k in head},
                                            row["device"]) for row in table.to_dict("records")]
     for key in ("schedule", "precision", "normalisation"):
         table[key] = [settings[key] for settings in recorded]
@@ -134,7 +134,7 @@ def best_runs(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return frame
     runs = frame.drop_duplicates("run_id").copy()
-    runs["finished"] = runs["status"] == tracking.STATUS_FINISHED
+    runs["finished"] = runs["status"] == keys.STATUS_FINISHED
     keep = runs.sort_values(["finished", "start_time"], ascending=False).drop_duplicates(["model", "shortcut", "seed"])
     return frame[frame["run_id"].isin(keep["run_id"])]
 
@@ -148,7 +148,7 @@ def final_values(frame: pd.DataFrame, model: str, shortcut: str, metric: str, fi
     """The last epoch's ``metric`` per seed for one network."""
     rows = network_rows(frame, model, shortcut)
     if finished_only:
-        rows = rows[rows["status"] == tracking.STATUS_FINISHED]
+        rows = rows[rows["status"] == keys.STATUS_FINISHED]
     rows = rows.dropna(subset=["epoch"])
     if rows.empty:
         return pd.Series(dtype=float)
@@ -168,7 +168,7 @@ def final_training_errors(frame: pd.DataFrame, model: str, shortcut: str) -> pd.
 
 def uses_last_epoch(frame: pd.DataFrame) -> bool:
     """Whether some finished run lacks the final training error over the last 390 iterations."""
-    finished = frame[frame["status"] == tracking.STATUS_FINISHED]
+    finished = frame[frame["status"] == keys.STATUS_FINISHED]
     return "final_train_error" not in finished or bool(finished["final_train_error"].isna().any())
 
 

@@ -14,7 +14,7 @@ Prints images/s for each, the ratio (c)/(a), and the share of the device's peak 
 counting 6 x multiply-adds per image for a training step (2 FLOPs per multiply-add; the backward
 pass costs about twice the forward). A measurement, not a test: numbers depend on the machine.
 
-    python -m resnet.bench --models resnet18,resnet34 --steps 200
+    python -m resnet.training.bench --models resnet18,resnet34 --steps 200
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from . import paper
-from .config import PRECISIONS
-from .data import MEAN, STD, load_cifar10
+from .. import paper
+from ..config import PRECISIONS
+from ..data import MEAN, STD, load_cifar10
+from ..measures import count_multiply_adds
+from ..models import build_model, list_models
 from .engine import SGD, Normalisation, Precision, StepMetrics, make_train_step, prepare_epoch, resolve_device
-from .models import build_model, count_multiply_adds, list_models
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets, by device-name fragment.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12,

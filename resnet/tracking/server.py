@@ -1,7 +1,7 @@
 """An MLflow tracking server for the study (``make server``), for a cluster's nodes to log to.
 
-    python -m resnet.server                                   # loopback, the project's SQLite file
-    MLFLOW_AUTH_ADMIN_PASSWORD=... python -m resnet.server --host 0.0.0.0 \\
+    python -m resnet.tracking.server                          # loopback, the project's SQLite file
+    MLFLOW_AUTH_ADMIN_PASSWORD=... python -m resnet.tracking.server --host 0.0.0.0 \\
         --backend postgresql://mlflow@dbhost/mlflow
 
 Artifacts are served by the server (``--artifacts-destination``), so nodes need only HTTP. Several
@@ -28,8 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import tracking
-from .paths import project_root
+from ..paths import project_root
+from . import store
 
 DEFAULT_WORKERS = 4
 AUTH_CACHE_SECONDS = 60
@@ -114,7 +114,7 @@ def _file_store_experiments(backend: str) -> list[str]:
     """Experiments in a local store whose artifacts live at ``file://`` paths (made without a server):
     nodes cannot reach those."""
     try:
-        experiments = tracking.client(backend).search_experiments(max_results=1000)
+        experiments = store.client(backend).search_experiments(max_results=1000)
     except Exception:
         return []
     return [e.name for e in experiments if e.name != "Default" and e.artifact_location.startswith(("file:", "/"))]
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     option("--check", action="store_true", help="check the settings, print the command and exit")
     args = parser.parse_args(argv)
 
-    args.backend = tracking.database_uri(args.backend)
+    args.backend = store.database_uri(args.backend)
     auth = args.auth or not is_loopback(args.host)
     try:
         if args.workers < 1:

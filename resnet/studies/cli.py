@@ -1,0 +1,139 @@
+"""The study's command line: ``python -m resnet.study`` (or ``resnet-study``), what ``make reproduce``
+runs. It loads a study, then hands its cells to an executor: this machine (``local``) or a Slurm
+cluster (``slurm``), each tracked in MLflow under one parent run.
+
+Idempotent and resumable: a cell already FINISHED in MLflow with the same configuration is
+skipped; an interrupted cell resumes from its last epoch checkpoint. A failing cell keeps its
+executed notebook and log; the others still run, and the command ends non-zero listing failures.
+
+    python -m resnet.study --study degradation --profile quick --data /path/to/cifar10-jpeg.tar.xz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..data import DataError
+from .local import run_study
+from .plan import visible_gpus
+from .slurm import submit_study
+from .spec import CELLS_PER_GPU, StudyError, available_studies, load_study
+
+EXECUTORS = ("local", "slurm")
+INTERRUPTED_EXIT = 130  # the shell's code for Ctrl-C; make reproduce skips the report on it
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="resnet-study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    option = parser.add_argument
+    option("--study", default="degradation", help=f"one of experiments/*.yaml ({', '.join(available_studies())})")
+    option("--profile", default="auto",
+           help="a profile of the study; 'auto': the study's default on a CUDA GPU; without one, the degradation and "
+                "cifar-depth studies run cifar-depth's laptop profile (the paper's Figure 6 in miniature)")
+    option("--data", default=None,
+           help="'download' (default), 'synthetic', or a local copy: python batches, an image folder, an archive")
+    option("--jobs", type=int, default=None,
+           help=f"local: cells at once (default: the profile's, else {CELLS_PER_GPU} per GPU, 1 on the CPU)")
+    option("--gpus", default=None,
+           help="local: comma-separated GPU indices to spread cells over (default: all visible)")
+    option("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    option("--set", action="append", default=[], metavar="KEY=VALUE",
+           help="override a setting of every cell, e.g. --set iterations=9750 or --set precision=fp32 (repeatable)")
+    option("--seeds", default=None, help="comma-separated seeds instead of the profile's, e.g. 0,1")
+    option("--list", action="store_true", help="print the cells and exit")
+    option("--runs-dir", default=None,
+           help="executed notebooks and checkpoints (default: $RESNET_RUNS_DIR or runs/); on a cluster, a folder "
+                "every node reaches")
+    option("--executor", choices=EXECUTORS, default="local",
+           help="local: a pool on this machine's GPUs; slurm: Slurm jobs through submitit, one GPU and "
+                "--cells-per-job cells each, logging to an MLflow server")
+    option("--cells-per-job", type=int, default=None,
+           help=f"slurm: cells each Slurm job runs at once on its GPU (default {CELLS_PER_GPU})")
+    option("--slurm", action="append", default=[], metavar="KEY=VALUE",
+           help="slurm: a submitit Slurm parameter, e.g. --slurm partition=gpu --slurm time=120 (repeatable)")
+    option("--detach", action="store_true", help="slurm: submit and return at once (rerun to watch)")
+    args = parser.parse_args(argv)
+    if args.executor != "slurm" and (args.slurm or args.detach or args.cells_per_job is not None):
+        parser.error("--slurm, --cells-per-job and --detach go with --executor slurm")
+    if args.executor == "slurm" and (args.jobs is not None or args.gpus):
+        parser.error("--jobs and --gpus are for the local executor; on Slurm say --cells-per-job and "
+                     "--slurm gpus_per_node=N")
+    if args.runs_dir:
+        os.environ["RESNET_RUNS_DIR"] = str(Path(args.runs_dir).resolve())  # for this process and its cells
+
+    gpus = _whole_numbers(parser, "--gpus", args.gpus, "indices such as 0,1")
+    seeds = _whole_numbers(parser, "--seeds", args.seeds, "whole numbers such as 0,1")
+    overrides = _pairs(parser, "--set", args.set)
+    slurm_pairs = _pairs(parser, "--slurm", args.slurm)
+
+    name, profile = args.study, args.profile
+    if profile == "auto":
+        profile = None
+        # On Slurm the cells run on the cluster's GPUs, not here.
+        without_gpu = args.executor == "local" and not (gpus or visible_gpus())
+        if without_gpu and name == "degradation":
+            print("No CUDA GPU here: running the paper's CIFAR experiment in miniature (study cifar-depth, profile "
+                  "laptop) instead of the degradation study's full profile, which needs a GPU. To force it: "
+                  "make reproduce PROFILE=full; the plumbing check: make reproduce STUDY=smoke.", flush=True)
+            name, profile = "cifar-depth", "laptop"
+        elif without_gpu and name == "cifar-depth":
+            profile = "laptop"  # the full profile is 64k iterations per network: days on a CPU
+    try:
+        study = load_study(name, profile, data=args.data, overrides=overrides, seeds=seeds)
+    except StudyError as error:
+        parser.error(str(error))
+    if study.cells and all(cell.config is None for cell in study.cells):
+        parser.error(f"no cell has valid parameters; the first: {study.cells[0].error}")
+    if args.list:
+        hidden = ("study", "cell", "run_name")
+        for cell in study.cells:
+            shown = {k: v for k, v in cell.parameters.items() if k not in hidden}
+            print(f"{cell.name:<16} {cell.error or json.dumps(shown)}")
+        return 0
+
+    try:
+        if args.executor == "slurm":
+            outcome = submit_study(study, tracking_uri=args.tracking_uri, cells_per_job=args.cells_per_job,
+                                   options=slurm_pairs, detach=args.detach)
+        else:
+            outcome = run_study(study, jobs=args.jobs, gpus=gpus, tracking_uri=args.tracking_uri)
+    except (StudyError, DataError) as error:  # before any cell starts: say what to fix, no traceback
+        parser.error(str(error))
+    except KeyboardInterrupt:
+        if args.executor != "slurm":
+            raise
+        print("\nstopped watching; the Slurm jobs go on. Rerun the same command to watch them again.", flush=True)
+        return INTERRUPTED_EXIT
+    if outcome.interrupted:
+        return INTERRUPTED_EXIT
+    return 1 if outcome.failed else 0
+
+
+def _pairs(parser: argparse.ArgumentParser, flag: str, items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items as a dict, each value read as YAML (``time=120`` is a number)."""
+    pairs = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip():
+            parser.error(f"{flag} takes KEY=VALUE, got {item!r}")
+        pairs[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return pairs
+
+
+def _whole_numbers(parser: argparse.ArgumentParser, flag: str, text: str | None, example: str) -> list[int] | None:
+    try:
+        return [int(part) for part in text.split(",")] if text else None
+    except ValueError:
+        parser.error(f"{flag} takes comma-separated {example}; got {text!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

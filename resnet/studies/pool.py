@@ -1,0 +1,322 @@
+"""Run pending cells on this machine: each cell is ``notebooks/train.ipynb`` executed by papermill
+in its own process, ``jobs`` at a time, spread over the given GPUs, under the study's parent run.
+The local executor runs a whole study through ``CellPool.run``; each Slurm job runs its shard of
+cells through it.
+
+A failing cell keeps its executed notebook and log; the others still run. Each running cell's epoch
+lines (training prints them, each starting with the run's name) are passed on to the console.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+
+from ..measures import count_multiply_adds
+from ..models import build_model
+from ..paths import project_root
+from ..tracking import keys, store
+from .plan import FAILED, NOT_FINISHED, TRAINED, CellOutcome, cell_runs, last_step, summary, warm_data_cache
+from .spec import Cell
+
+
+@dataclass
+class _Running:
+    process: subprocess.Popen
+    cell: Cell
+    log: TextIO
+    step_before: int
+    started: float
+    echoed: int = 0  # bytes of the log already looked at for epoch lines
+
+
+class CellPool:
+    """Cells as papermill processes, ``jobs`` at a time, spread over ``gpus``: the local executor's
+    pool, and what each Slurm job runs on its GPU (``studies.slurm``).
+
+    ``stop()`` asks every running cell to stop cleanly (its run marked KILLED, its last epoch
+    checkpoint kept) and waits for it; the pool then reports itself interrupted."""
+
+    def __init__(self, uri: str, experiment: str, parent: str, jobs: int, gpus: list[int], *, output_dir: Path,
+                 notebook: Path | None = None):
+        self.uri, self.experiment, self.parent, self.jobs, self.gpus = uri, experiment, parent, jobs, gpus
+        self.notebook = notebook or project_root() / "notebooks" / "train.ipynb"
+        self.output_dir = output_dir
+        self.running: dict[str, _Running] = {}
+        self.outcomes: dict[str, CellOutcome] = {}
+        self.interrupted = False
+        self.seconds = 0.0  # how long run() took: the cells' wall time, for the study's throughput
+
+    def run(self, pending: list[Cell], progress: bool = True) -> dict[str, CellOutcome]:
+        """The one path that trains a study's pending cells (as ``plan`` left them), for every executor:
+        the data decoded once here, then the cells, to the end or until stopped. Their outcomes, also
+        kept in ``outcomes``."""
+        warm_data_cache(pending)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        slots = itertools.cycle(self.gpus) if self.gpus else None
+        bar = _overall_bar(progress, len(pending))
+
+        def say(line: str) -> None:
+            (bar.write if bar is not None else print)(line)
+            sys.stdout.flush()
+
+        def stop_everything(signum, frame):
+            raise KeyboardInterrupt
+
+        previous_handler = signal.signal(signal.SIGTERM, stop_everything)
+        clock = _TimeLeft(self.jobs)
+        started = time.perf_counter()
+        try:
+            queue = _longest_first(pending)
+            while queue or self.running:
+                while queue and len(self.running) < self.jobs and not self.interrupted:
+                    cell = queue.pop(0)
+                    runs = cell_runs(self.experiment, cell.config, self.uri)
+                    gpu = next(slots) if slots else None
+                    process, log = _launch(cell, self.notebook, self.output_dir, self.uri, self.parent, gpu)
+                    self.running[cell.name] = _Running(process, cell, log, runs.last_step, time.perf_counter())
+                    say(f"  start    {cell.name}{f' on GPU {gpu}' if gpu is not None else ''}"
+                        f"{' (resuming)' if runs.resuming else ''}")
+                if self.interrupted and not self.running:
+                    break
+                time.sleep(0.2)
+                for name, running in list(self.running.items()):
+                    for line in _new_epoch_lines(self.output_dir / f"{name}.log", running):
+                        say(f"    {line}")
+                    if running.process.poll() is None:
+                        continue
+                    del self.running[name]
+                    running.log.close()
+                    outcome = self._collect(running)
+                    self.outcomes[name] = outcome
+                    seconds = time.perf_counter() - running.started
+                    clock.finished(running.cell, seconds)
+                    done = len(pending) - len(queue) - len(self.running)
+                    eta = clock.left(queue, [(r.cell, r.started) for r in self.running.values()])
+                    eta = f"{done}/{len(pending)} done, {eta}"
+                    if outcome.status == TRAINED:
+                        say(f"  finished {name} in {seconds:.0f}s: {summary(outcome.final)}  [{eta}]")
+                    else:
+                        say(f"  FAILED   {name} after {seconds:.0f}s: {outcome.message}  [{eta}]")
+                    if bar is not None:
+                        bar.update(1)
+        except KeyboardInterrupt:
+            self.stop()
+            print("\ninterrupted: finished cells are kept; rerun the same command to resume the rest.", flush=True)
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            self.seconds = time.perf_counter() - started
+            if bar is not None:
+                bar.close()
+        return {cell.name: self.outcomes[cell.name] for cell in pending if cell.name in self.outcomes}
+
+    @property
+    def failed(self) -> list[CellOutcome]:
+        return [outcome for outcome in self.outcomes.values() if outcome.status in NOT_FINISHED]
+
+    def _collect(self, running: _Running) -> CellOutcome:
+        """A ended cell's outcome from MLflow: TRAINED only if the notebook ended well and its run is
+        FINISHED. The executed notebook goes to the run's artifacts."""
+        cell = running.cell
+        notebook = self.output_dir / f"{cell.name}.ipynb"
+        log = self.output_dir / f"{cell.name}.log"
+        runs = cell_runs(self.experiment, cell.config, self.uri)
+        run = runs.finished or runs.latest
+        trained = running.process.returncode == 0 and runs.finished is not None
+        outcome = CellOutcome(cell, TRAINED if trained else FAILED, run_id=run.info.run_id if run else None,
+                              notebook=notebook, log=log)
+        if run is not None:
+            outcome.final = run.data.metrics
+            outcome.images_trained = max(0, last_step(run) - running.step_before) * cell.config.batch_size
+            if notebook.is_file():
+                store.client(self.uri).log_artifact(run.info.run_id, str(notebook))
+        if not trained:
+            outcome.message = _failure_reason(notebook, log, run)
+        return outcome
+
+    def stop(self) -> None:
+        """Stop every running cell cleanly and wait for it: SIGTERM to its kernel, which marks the run
+        KILLED and keeps the checkpoint of its last epoch (``training.stop``); SIGKILL for what still runs
+        after ``CELL_STOP_SECONDS``. The kernel runs in a session of its own (jupyter_client starts it
+        so), so a signal to the runner or to papermill's group never reaches it: it is passed on here.
+        Papermill itself ignores the stop signals (``studies.papermill_cell``): were it to die first,
+        the kernel would shut itself down within a second, before its run is recorded."""
+        self.interrupted = True
+        cells = [(running.process, _child_pids(running.process.pid)) for running in self.running.values()]
+        for _, kernels in cells:
+            for pid in kernels:
+                _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + CELL_STOP_SECONDS
+        for process, kernels in cells:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                while any(map(_alive, kernels)) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            except subprocess.TimeoutExpired:
+                pass
+            for pid in [process.pid, *kernels]:
+                if _alive(pid):
+                    _signal_group(pid, signal.SIGKILL)
+
+
+# A cell marks its run KILLED within a second or two of the signal (an epoch's checkpoint is
+# already on disk); Slurm's default KillWait before SIGKILL is 30 s.
+CELL_STOP_SECONDS = 20
+
+
+def _child_pids(pid: int) -> list[int]:
+    """The direct children of process ``pid`` (Linux /proc; empty elsewhere)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie has finished)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _longest_first(cells: list[Cell]) -> list[Cell]:
+    """Within each seed, the most expensive cells first (multiply-adds x images), so that with
+    several jobs the short cells fill the gaps at the end instead of one long cell running alone.
+    Seeds stay in order: an interrupted study still holds whole seeds."""
+    seeds = list(dict.fromkeys(cell.config.seed for cell in cells))
+    return [cell for seed in seeds
+            for cell in sorted((c for c in cells if c.config.seed == seed), key=_cost, reverse=True)]
+
+
+@functools.lru_cache(maxsize=None)
+def _multiply_adds(model: str, shortcut: str | None, stem: str) -> int:
+    return count_multiply_adds(build_model(model, shortcut=shortcut, stem=stem))
+
+
+def _cost(cell: Cell) -> float:
+    """A cell's work in multiply-adds: per image, times the images it trains."""
+    length = cell.config.iterations or (cell.config.epochs or 1) * 1_000
+    return _multiply_adds(cell.config.model, cell.config.shortcut, cell.config.stem) * length * cell.config.batch_size
+
+
+class _TimeLeft:
+    """The study's time left, from what the finished cells took per unit of work (_cost): the work
+    still queued plus the unfinished part of the running cells, shared among the jobs."""
+
+    def __init__(self, jobs: int):
+        self.jobs = jobs
+        self.work_done = 0.0
+        self.seconds_spent = 0.0
+
+    def finished(self, cell: Cell, seconds: float) -> None:
+        self.work_done += _cost(cell)
+        self.seconds_spent += seconds
+
+    def left(self, queue: list[Cell], running: list[tuple[Cell, float]]) -> str:
+        if not self.work_done:
+            return "time left not known yet"
+        rate = self.work_done / self.seconds_spent  # work per second of one cell's process
+        now = time.perf_counter()
+        work = sum(map(_cost, queue)) + sum(max(0.0, _cost(c) - (now - started) * rate) for c, started in running)
+        busy = min(self.jobs, len(queue) + len(running))
+        seconds = work / rate / busy if busy else 0.0
+        return f"about {seconds / 60:.1f} min left"
+
+
+def _launch(cell: Cell, notebook: Path, output_dir: Path, uri: str, parent: str, gpu: int | None):
+    parameters = {**cell.parameters, "precision": cell.config.precision, "tracking_uri": uri, "parent_run_id": parent,
+                  "progress": False}
+    if gpu is not None:
+        parameters["device"] = "cuda"
+    parameter_file = output_dir / f"{cell.name}.parameters.yaml"
+    parameter_file.write_text(yaml.safe_dump(parameters, sort_keys=False))
+    log = open(output_dir / f"{cell.name}.log", "w")
+    environment = cell_environment()
+    if gpu is not None:
+        environment["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    command = [sys.executable, "-m", "resnet.studies.papermill_cell", str(notebook),
+               str(output_dir / f"{cell.name}.ipynb"), "-f", str(parameter_file), "--cwd", str(project_root()),
+               "-k", "python3", "--log-output", "--no-progress-bar"]
+    # Its own process group, so that stopping the study also stops the cell's kernel.
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+    return process, log
+
+
+def cell_environment() -> dict[str, str]:
+    """The environment a cell process starts with: this one, minus what would make it log into
+    somebody else's run. ``MLFLOW_RUN_ID`` (set by ``mlflow run``, or exported by a user) makes
+    MLflow's fluent API resume that run; every cell must get its own."""
+    environment = {key: value for key, value in os.environ.items() if key not in INHERITED_RUN_VARIABLES}
+    environment["PYTHONUNBUFFERED"] = "1"
+    return environment
+
+
+INHERITED_RUN_VARIABLES = ("MLFLOW_RUN_ID",)
+
+
+def _new_epoch_lines(log: Path, running: _Running) -> list[str]:
+    """The epoch lines the cell wrote to its log since the last look: training prints one per epoch,
+    starting with the run's name (``training.loop``), and one when it resumes."""
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(running.echoed)
+            text = handle.read()
+    except OSError:
+        return []
+    complete = text[:text.rfind(b"\n") + 1]  # a line still being written waits for the next look
+    running.echoed += len(complete)
+    name = running.cell.name
+    return [line for line in complete.decode(errors="replace").splitlines()
+            if line.startswith(f"{name} epoch ") or line.startswith(f"resuming {name} ")]
+
+
+def _failure_reason(notebook: Path, log: Path, run) -> str:
+    """The notebook's error line (papermill records it), else the run's reason, else the log."""
+    if notebook.is_file():
+        try:
+            content = json.loads(notebook.read_text())
+            for notebook_cell in content.get("cells", []):
+                for output in notebook_cell.get("outputs", []):
+                    if output.get("output_type") == "error":
+                        return f"{output.get('ename')}: {output.get('evalue')} (see {notebook})"
+        except (ValueError, OSError):
+            pass
+    reason = run.data.tags.get(keys.FAILURE_REASON_TAG) if run is not None else None
+    if reason:
+        return f"{reason} (see {log})"
+    return f"the notebook did not finish (see {log})"
+
+
+def _overall_bar(enabled: bool, total: int):
+    if not enabled or total == 0 or not sys.stderr.isatty():
+        return None  # in logs the per-cell lines carry the count and the time left
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="study", unit="cell", file=sys.stderr, leave=True, dynamic_ncols=True)

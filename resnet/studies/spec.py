@@ -1,0 +1,158 @@
+"""A study: a declarative grid of training runs (``experiments/<study>.yaml``) with profiles,
+expanded into cells, each a validated training configuration and the parameters its notebook
+receives. Nothing here runs anything: ``plan`` says what is left, the executors run it."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import ABLATION_SETTINGS, ConfigError, TrainConfig
+from ..paths import project_root
+
+STUDY_KEYS = {"description", "defaults", "grid", "profiles", "default_profile", "extends"}
+# A profile: its seeds, the settings it gives every cell, optionally which models of the grid it runs
+# (``models``), whether it runs the grid's ablations (``ablations``, default true: cells that set one of
+# ``config.ABLATION_SETTINGS``) and how many cells run at once (``jobs``) where the command line does not say.
+PROFILE_KEYS = {"description", "seeds", "settings", "models", "ablations", "jobs"}
+LIST_VALUED_PARAMETERS = {"milestones"}  # a list here is one value, not a set of alternatives
+# A batch-128 CIFAR run leaves a large GPU mostly idle: the local executor puts this many cells on
+# each GPU at once, and each Slurm job (one GPU) runs this many at once.
+CELLS_PER_GPU = 4
+
+
+class StudyError(ValueError):
+    """The study file or the runner's options are invalid; the message names the problem."""
+
+
+def experiments_dir() -> Path:
+    return project_root() / "experiments"
+
+
+def available_studies(folder: Path | None = None) -> list[str]:
+    return sorted(path.stem for path in (folder or experiments_dir()).glob("*.yaml"))
+
+
+# --------------------------------------------------------------------------------------------
+# Study definition
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    parameters: dict[str, Any]  # what the notebook receives
+    config: TrainConfig | None  # None when the parameters are invalid
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    profile: str
+    description: str
+    profile_description: str
+    cells: tuple[Cell, ...]
+    definition: dict[str, Any]
+    jobs: int | None = None  # the profile's cells at once, unless the command line says
+
+
+def _read_definition(name: str, folder: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        raise StudyError(f"unknown study {name!r}; available studies: {', '.join(available_studies(folder))}")
+    try:
+        definition = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise StudyError(f"{path}: not valid YAML ({error})") from None
+    unknown = set(definition) - STUDY_KEYS
+    if unknown:
+        raise StudyError(f"{path}: unknown keys {', '.join(sorted(unknown))}; "
+                         f"legal keys: {', '.join(sorted(STUDY_KEYS))}")
+    parent = definition.pop("extends", None)
+    if parent:
+        if parent in seen:
+            raise StudyError(f"{path}: circular 'extends' through {parent!r}")
+        base = _read_definition(parent, folder, seen + (name,))
+        # A child inherits the grid and defaults; its own profiles replace the parent's.
+        definition = {**base, **definition, "defaults": {**base.get("defaults", {}), **definition.get("defaults", {})}}
+    return definition
+
+
+def _expand(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """``{model: resnet18, shortcut: [A, B, C]}`` -> three parameter sets."""
+    keys = list(entry)
+    choices = [entry[k] if isinstance(entry[k], list) and k not in LIST_VALUED_PARAMETERS else [entry[k]] for k in keys]
+    return [dict(zip(keys, combination)) for combination in itertools.product(*choices)]
+
+
+def load_study(name: str, profile: str | None = None, data: str | None = None, folder: Path | None = None,
+               overrides: dict[str, Any] | None = None, seeds: list[int] | None = None) -> Study:
+    """The cells of study ``name`` (or a path to a study YAML) at ``profile`` (its default when None).
+
+    ``overrides`` replace settings of every cell (``--set iterations=9750``); ``seeds`` replaces the
+    profile's seeds."""
+    if name.endswith((".yaml", ".yml")):
+        folder, name = Path(name).resolve().parent, Path(name).stem
+    folder = folder or experiments_dir()
+    definition = _read_definition(name, folder)
+    profiles = definition.get("profiles") or {}
+    profile = profile or definition.get("default_profile")
+    if profile not in profiles:
+        raise StudyError(f"study {name!r} has no profile {profile!r}; legal profiles: {', '.join(profiles)}")
+    chosen = profiles[profile] or {}
+    unknown = set(chosen) - PROFILE_KEYS
+    if unknown:
+        raise StudyError(f"profile {profile!r}: unknown keys {', '.join(sorted(unknown))}; "
+                         f"legal keys: {', '.join(sorted(PROFILE_KEYS))}")
+    seeds = seeds if seeds is not None else chosen.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise StudyError(f"profile {profile!r}: seeds must be a list of whole numbers, got {seeds!r}")
+    grid = definition.get("grid")
+    if not isinstance(grid, list) or not grid:
+        raise StudyError(f"study {name!r}: 'grid' must be a non-empty list of parameter maps")
+    models = chosen.get("models")
+    if models is not None:
+        in_grid = {c.get("model") for entry in grid for c in _expand(entry)}
+        if not isinstance(models, list) or not set(models) <= in_grid:
+            raise StudyError(f"profile {profile!r}: models must be a list of the grid's models "
+                             f"({', '.join(sorted(map(str, in_grid)))}), got {models!r}")
+    ablations = chosen.get("ablations", True)
+    if not isinstance(ablations, bool):
+        raise StudyError(f"profile {profile!r}: ablations must be true or false, got {ablations!r}")
+    jobs = chosen.get("jobs")
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
+        raise StudyError(f"profile {profile!r}: jobs must be a positive whole number, got {jobs!r}")
+
+    cells, names = [], set()
+    # Seed-major order: an interrupted or time-boxed study still holds whole seeds of the grid.
+    for seed in seeds:
+        for entry in grid:
+            for combination in _expand(entry):
+                if models is not None and combination.get("model") not in models:
+                    continue
+                if not ablations and any(combination.get(setting) for setting in ABLATION_SETTINGS):
+                    continue
+                parameters = {**(definition.get("defaults") or {}), **combination, **(chosen.get("settings") or {}),
+                              **(overrides or {}), "seed": seed, "study": name}
+                if data is not None:
+                    parameters["data"] = data
+                try:
+                    config = TrainConfig.from_mapping(parameters)
+                    cell_name, error = config.run_name, None
+                except ConfigError as problem:
+                    config, error = None, str(problem)
+                    parts = (combination.get("model", "cell"), combination.get("shortcut"), f"s{seed}")
+                    cell_name = "-".join(str(part) for part in parts if part)
+                if cell_name in names:
+                    raise StudyError(f"study {name!r}: two cells are both named {cell_name!r}; "
+                                     "give them distinct run_name values")
+                names.add(cell_name)
+                parameters.update(cell=cell_name, run_name=cell_name)
+                if config is not None:
+                    config = TrainConfig.from_mapping(parameters)
+                cells.append(Cell(cell_name, parameters, config, error))
+    return Study(name, profile, str(definition.get("description", "")).strip(),
+                 str(chosen.get("description", "")).strip(), tuple(cells), definition, jobs)

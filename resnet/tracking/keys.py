@@ -1,0 +1,88 @@
+"""Every name this project writes into MLflow, spelled once: run statuses, tag and parameter keys,
+UI links, and how runs recorded by earlier versions read today.
+
+Plain strings and dicts only: training, the study runner and the report all read these, and none of
+them (nor this module) needs torch or the training config for it.
+"""
+
+from __future__ import annotations
+
+# MLflow run statuses (mlflow.entities.RunStatus names) as this project sets and reads them.
+STATUS_RUNNING = "RUNNING"
+STATUS_FINISHED = "FINISHED"
+STATUS_FAILED = "FAILED"
+STATUS_KILLED = "KILLED"
+
+# Run tags: the one place their keys are spelled.
+FINGERPRINT_TAG = "config_fingerprint"
+PARENT_TAG = "mlflow.parentRunId"
+ROLE_TAG = "role"  # ROLE_STUDY for a study's parent run, ROLE_CELL for a training run
+ROLE_STUDY = "study"
+ROLE_CELL = "cell"
+STUDY_TAG = "study"
+PROFILE_TAG = "profile"
+CELL_TAG = "cell"
+MODEL_TAG = "model"
+SHORTCUT_TAG = "shortcut"
+SEED_TAG = "seed"
+DEVICE_TAG = "device"
+TORCH_VERSION_TAG = "torch_version"
+DATA_PROVENANCE_TAG = "data_provenance"
+DATA_DESCRIPTION_TAG = "data_description"
+FAILURE_REASON_TAG = "failure_reason"
+GIT_COMMIT_TAG = "git_commit"
+GIT_DIRTY_TAG = "git_dirty"
+# Experiment tag: MLflow 3's UI opens an experiment of unknown kind on its GenAI traces page; this
+# kind opens it on the runs table and charts. Newer UIs (3.17) decide by a workflow switch instead,
+# which a link sets with UI_WORKFLOW: every link this project prints carries it.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+UI_WORKFLOW = "workflowType=machine_learning"
+
+# Run parameter: a cell's SGD steps in all (its progress is its logged ``step`` metric over this).
+TOTAL_STEPS_PARAM = "total_steps"
+# Parent-run tag prefix: ``slurm_job.<cell fingerprint>`` = the Slurm job that holds the cell.
+SLURM_JOB_TAG_PREFIX = "slurm_job."
+
+
+def ui_experiment_url(ui_base: str, experiment: str) -> str:
+    """The experiment's runs table in the MLflow UI (not its GenAI page)."""
+    return f"{ui_base}/#/experiments/{experiment}/runs?{UI_WORKFLOW}"
+
+
+def ui_run_url(ui_base: str, experiment: str, run_id: str) -> str:
+    return f"{ui_base}/#/experiments/{experiment}/runs/{run_id}?{UI_WORKFLOW}"
+
+
+# How runs recorded before normalisation was a setting read today: all were per-channel, and the
+# schedule they called "paper" compressed its drops into the run (today's "paper-compressed").
+LEGACY_NORMALISATION = "per-channel"
+LEGACY_SCHEDULE_NAMES = {"paper": "paper-compressed"}  # recorded name -> today's name
+
+
+def legacy_precision(device_tag: str) -> str:
+    """The precision a run recorded before precision was a setting ran in, from its device tag:
+    bf16 autocast on CUDA, fp32 on the CPU."""
+    return "fp32" if device_tag in ("", "cpu") else "bf16"
+
+
+# The initialisation ablation (config ``zero_init_residual``): how its runs are named and labelled,
+# beside the shortcut option, so that "ResNet-56 (A, zero-init)" is a network of its own on the page.
+ZERO_INIT_PARAM = "zero_init_residual"
+ZERO_INIT_LABEL = "zero-init"
+
+
+def network_option(shortcut_tag: str, params: dict[str, str]) -> str:
+    """The shortcut option as the report keys networks: ``A``, or ``A, zero-init`` for the ablation."""
+    zero_init = str(params.get(ZERO_INIT_PARAM, "False")).lower() == "true"
+    return f"{shortcut_tag}, {ZERO_INIT_LABEL}" if zero_init else shortcut_tag
+
+
+def recorded_settings(params: dict[str, str], device_tag: str) -> dict[str, str]:
+    """A run's schedule, precision and normalisation as it ran, also when an earlier version
+    recorded it (``LEGACY_*`` above; before precision was a setting, see :func:`legacy_precision`)."""
+    schedule = str(params.get("schedule", ""))
+    if "normalisation" not in params:
+        schedule = LEGACY_SCHEDULE_NAMES.get(schedule, schedule)
+    return {"schedule": schedule, "precision": str(params.get("precision", legacy_precision(device_tag))),
+            "normalisation": str(params.get("normalisation", LEGACY_NORMALISATION))}
