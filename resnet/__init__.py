@@ -7,10 +7,11 @@ checks it, and that nothing here imports in a circle):
 * ``tracking/``: MLflow. ``keys`` (every tag, parameter and status name), ``store`` (which store,
   experiment and run; logging), ``server`` (``make server``), ``ui`` (``make ui``). Neither torch nor
   the training configuration.
-* ``models``, ``measures``, ``data``, ``config``: the networks, what they cost, CIFAR-10 as tensors,
-  and one run's validated configuration.
+* ``models``, ``measures``, ``data``, ``imagenet``, ``config``: the networks, what they cost, CIFAR-10
+  as tensors, ImageNet as a list of files, and one run's validated configuration.
 * ``training/``: one run. ``engine`` (a step on the device), ``schedule``, ``stop`` (signals),
-  ``loop`` (epochs, checkpoints, MLflow), ``bench`` (``make bench``).
+  ``loop`` (epochs, checkpoints, MLflow), ``imagenet_input`` (the paper's ImageNet views and 10-crop
+  test), ``bench`` (``make bench``).
 * ``studies/``: many runs. ``spec`` (a study file as cells), ``plan`` (what is left, the parent run,
   the devices), ``pool`` (cells as papermill processes), the ``local`` and ``slurm`` executors,
   ``cli`` (``python -m resnet.study``), and ``notebook``, the driver that ``notebooks/train.ipynb``

@@ -43,3 +43,20 @@ IMAGENET_TOP1_ERROR = {
 # mean and std of those runs beside it ("6.61 +- 0.16").
 CIFAR_TEST_ERROR = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97, "resnet110": 6.43}
 CIFAR_RESNET110_MEAN_STD = (6.61, 0.16)
+
+# Section 3.4 (ImageNet): "The image is resized with its shorter side randomly sampled in [256, 480]
+# for scale augmentation. A 224x224 crop is randomly sampled from an image or its horizontal flip,
+# with the per-pixel mean subtracted. The standard color augmentation in [21] is used." Testing: "the
+# standard 10-crop testing" (Table 2's and 3's numbers), on images whose shorter side is 256 (AlexNet's
+# size for the crops; the centre crop of it is the single-view validation of Figure 4's bold curves).
+IMAGENET_SCALE_RANGE = (256, 480)
+IMAGENET_CROP = 224
+IMAGENET_TEST_SHORTER_SIDE = 256
+# [21], Krizhevsky et al. 2012, section 4.1: add to every pixel of an image the RGB principal components
+# of ImageNet's pixels times their eigenvalues times a N(0, 0.1) draw per image. The eigen-decomposition
+# (pixels scaled to [0, 1]) as fb.resnet.torch, the authors' released training code, states it.
+IMAGENET_LIGHTING_STD = 0.1
+IMAGENET_RGB_EIGENVALUES = (0.2175, 0.0188, 0.0045)
+IMAGENET_RGB_EIGENVECTORS = ((-0.5675, 0.7192, 0.4009),
+                             (-0.5808, -0.0045, -0.8140),
+                             (-0.5836, -0.6948, 0.4203))

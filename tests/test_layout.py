@@ -20,9 +20,10 @@ ALLOWED = {
     "models": set(),
     "measures": {"models"},
     "data": {"paths"},
+    "imagenet": {"paths", "data"},
     "config": {"paper", "models", "tracking"},
-    "training": BASE | {"tracking", "models", "measures", "data", "config"},
-    "studies": BASE | {"tracking", "models", "measures", "data", "config", "training"},
+    "training": BASE | {"tracking", "models", "measures", "data", "imagenet", "config"},
+    "studies": BASE | {"tracking", "models", "measures", "data", "imagenet", "config", "training"},
     "study": {"studies"},
     "report": BASE | {"tracking"},
 }

@@ -1,0 +1,127 @@
+"""Data-parallel training's plumbing: one process per GPU (gloo processes on a CPU), as torchrun,
+submitit's Slurm tasks or this project's own launcher start them.
+
+The paper's ImageNet batch is 256 in all, trained on 8 GPUs with 32 images each and BatchNorm
+statistics per GPU (no SyncBN): ``check_world`` splits a global batch over the world and refuses
+what cannot run, before any process starts. Every collective has a timeout, so one rank's failure
+ends the others' wait instead of hanging them; ``launch`` then ends the whole cell with that rank's
+error.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ..config import ConfigError
+
+BACKENDS = ("auto", "nccl", "gloo")
+# Long enough for rank 0's slowest solitary work between collectives (an epoch's checkpoint and its
+# MLflow records); short enough that a dead rank ends the cell within minutes, not hours.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+# The variables torchrun sets for each process (and this module's launcher too).
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes."""
+
+    rank: int
+    size: int
+    local_rank: int
+    backend: str
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes to MLflow and checkpoints."""
+        return self.rank == 0
+
+
+def check_world(world_size: int, backend: str, global_batch: int, visible_gpus: int) -> tuple[str, int]:
+    """The backend to use and the batch of each process, or a ``ConfigError`` naming what is wrong
+    and what is legal: a world size the global batch does not divide, NCCL without CUDA, more GPU
+    processes on this node than GPUs visible."""
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ConfigError(f"world_size: must be a positive whole number (processes, one per GPU), got {world_size!r}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend: unknown backend {backend!r}; legal values: {', '.join(BACKENDS)}")
+    if global_batch % world_size:
+        divisors = [n for n in range(1, global_batch + 1) if global_batch % n == 0 and n <= 64]
+        raise ConfigError(f"batch_size: the global batch {global_batch} does not split over {world_size} processes; "
+                          f"legal world sizes for it: {', '.join(map(str, divisors))}")
+    resolved = ("nccl" if visible_gpus else "gloo") if backend == "auto" else backend
+    if resolved == "nccl" and not visible_gpus:
+        raise ConfigError("backend: nccl needs CUDA GPUs and none is visible here; use gloo (or auto) on a CPU")
+    if resolved == "nccl" and world_size > visible_gpus:
+        raise ConfigError(f"world_size: {world_size} GPU processes asked for on this node, but only {visible_gpus} "
+                          f"GPU{'s are' if visible_gpus != 1 else ' is'} visible; use at most {visible_gpus}")
+    return resolved, global_batch // world_size
+
+
+def join(backend: str, timeout: datetime.timedelta = COLLECTIVE_TIMEOUT) -> World:
+    """Join the process group that torchrun (or ``launch``, or a Slurm task) set up in the
+    environment; a single process without those variables is a world of one."""
+    rank, size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend, rank=rank, world_size=size, timeout=timeout)
+    return World(rank, size, local_rank, backend, device)
+
+
+def leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(function: Callable[..., Any], world_size: int, backend: str, *args: Any) -> None:
+    """Run ``function(*args)`` in ``world_size`` fresh processes on this machine, joined as one
+    process group (the notebook's way to train a cell on several GPUs or CPU processes). Returns
+    when all have finished; if one raises, the others are stopped and a ``RuntimeError`` names its
+    rank and its error."""
+    port = _free_port()
+    try:
+        mp.spawn(_run_rank, args=(world_size, port, backend, function, args), nprocs=world_size, join=True)
+    except mp.ProcessRaisedException as error:
+        last_line = error.msg.strip().splitlines()[-1]
+        raise RuntimeError(f"rank {error.error_index} of {world_size} failed: {last_line}") from None
+    except mp.ProcessExitedException as error:
+        raise RuntimeError(f"rank {error.error_index} of {world_size} died (exit code {error.exit_code}"
+                           f"{', ' + error.signal_name if error.signal_name else ''})") from None
+
+
+def _run_rank(rank: int, world_size: int, port: int, backend: str, function: Callable[..., Any], args) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    join(backend)
+    try:
+        function(*args)
+    finally:
+        leave()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """``values`` summed over every process (itself in a world of one)."""
+    if dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values)
+    return values

@@ -1,0 +1,125 @@
+"""The paper's ImageNet input (section 3.4; the numbers in ``paper.py``), the CPU path: decoded with
+PIL in DataLoader workers, then normalised and colour-augmented on the step's device in batches.
+
+* training view: the shorter side resized to a length drawn uniformly from [256, 480], a random
+  224x224 crop, a horizontal flip with probability 0.5; uint8 out;
+* per-pixel mean: the mean 224x224 image of centre crops of training images, subtracted from every
+  crop, then one std divided in (``engine.Normalisation``, as on CIFAR-10);
+* AlexNet's colour augmentation (``lighting``): each image shifted by the RGB principal components of
+  ImageNet's pixels, scaled by their eigenvalues and a N(0, 0.1) draw per image;
+* evaluation: the shorter side resized to 256 and its centre 224x224 crop (Figure 4's validation
+  curves), and the standard 10-crop test at the end (Tables 2 and 3): the four corners and the centre
+  of that image and of its mirror, their softmax scores averaged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torch import nn
+
+from .. import paper
+from ..imagenet import load_rgb
+from .engine import Normalisation, Precision
+
+CROPS_PER_IMAGE = 10  # the standard 10-crop test: 4 corners and the centre, and their mirrors
+
+
+def resize_shorter_side(image: Image.Image, length: int) -> Image.Image:
+    """``image`` scaled (bilinear, antialiased) so that its shorter side is ``length``."""
+    return TF.resize(image, length, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+
+
+def training_view(image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One training crop of ``image`` (section 3.4): scale augmentation, a random 224 crop, a random
+    flip. 3 x 224 x 224 uint8."""
+    low, high = paper.IMAGENET_SCALE_RANGE
+    crop = paper.IMAGENET_CROP
+    shorter = int(torch.randint(low, high + 1, (), generator=generator))
+    image = resize_shorter_side(image, shorter)
+    top = int(torch.randint(0, image.height - crop + 1, (), generator=generator))
+    left = int(torch.randint(0, image.width - crop + 1, (), generator=generator))
+    view = TF.pil_to_tensor(TF.crop(image, top, left, crop, crop))
+    return TF.horizontal_flip(view) if float(torch.rand((), generator=generator)) < 0.5 else view
+
+
+def centre_view(image: Image.Image) -> torch.Tensor:
+    """The single validation view: shorter side 256, the centre 224x224 crop. 3 x 224 x 224 uint8."""
+    resized = resize_shorter_side(image, paper.IMAGENET_TEST_SHORTER_SIDE)
+    return TF.pil_to_tensor(TF.center_crop(resized, [paper.IMAGENET_CROP, paper.IMAGENET_CROP]))
+
+
+def ten_crop_views(image: Image.Image) -> torch.Tensor:
+    """The standard 10-crop test views of ``image`` at shorter side 256: top-left, top-right,
+    bottom-left, bottom-right and centre, then the same of its mirror. 10 x 3 x 224 x 224 uint8."""
+    resized = TF.pil_to_tensor(resize_shorter_side(image, paper.IMAGENET_TEST_SHORTER_SIDE))
+    return torch.stack(TF.ten_crop(resized, [paper.IMAGENET_CROP, paper.IMAGENET_CROP]))
+
+
+class ImageNetImages(torch.utils.data.Dataset):
+    """(view, class index) for each (path, class index) of ``items``; ``view`` is one of the functions
+    above. An image that does not decode raises ``DataError`` with its path."""
+
+    def __init__(self, items, view, seed: int | None = None):
+        self.items, self.view, self.seed = tuple(items), view, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training views are drawn from (seed, epoch, index): the same run draws the same crops, and
+        each epoch other ones, whichever worker or rank decodes the image."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.items[index]
+        image = load_rgb(path)
+        if self.seed is None:
+            return self.view(image), label
+        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & (2**63 - 1))
+        return self.view(image, generator), label
+
+
+def mean_image(items, count: int) -> Normalisation:
+    """The per-pixel normalisation: the mean 224x224 centre crop of the first ``count`` of ``items``
+    (in a fixed, class-balanced order the caller chooses) and one std about it."""
+    crops = torch.stack([centre_view(load_rgb(path)) for path, _ in list(items)[:count]])
+    return Normalisation.for_images("per-pixel", crops)
+
+
+def lighting(images: torch.Tensor, normalise: Normalisation, generator: torch.Generator) -> torch.Tensor:
+    """AlexNet's colour augmentation on a normalised batch: each image plus one RGB offset,
+    eigenvectors @ (eigenvalues * alpha), alpha ~ N(0, 0.1) per image and component (pixels in [0, 1],
+    so the offset is scaled by 255 / std into the batch's units)."""
+    device = images.device
+    eigenvectors = torch.tensor(paper.IMAGENET_RGB_EIGENVECTORS, device=device)
+    eigenvalues = torch.tensor(paper.IMAGENET_RGB_EIGENVALUES, device=device)
+    alpha = torch.randn(images.shape[0], 3, generator=generator, device=device) * paper.IMAGENET_LIGHTING_STD
+    offsets = (alpha * eigenvalues) @ eigenvectors.T  # N x 3: one RGB offset per image
+    return images + (offsets * 255 / normalise.std).to(images.dtype)[:, :, None, None]
+
+
+@torch.no_grad()
+def ten_crop_scores(model: nn.Module, crops: torch.Tensor, normalise: Normalisation,
+                    precision: Precision) -> torch.Tensor:
+    """Class probabilities of each image, the mean of its 10 crops' softmax. ``crops``:
+    N x 10 x 3 x 224 x 224 uint8 (``ten_crop_views``); N x classes float32 out."""
+    count = crops.shape[0]
+    flat = precision.layout(normalise(crops.flatten(0, 1).to(precision.device), precision.input_dtype))
+    was_training = model.training
+    model.eval()
+    try:
+        with precision.autocast():
+            logits = model(flat).float()
+    finally:
+        model.train(was_training)
+    return logits.softmax(dim=1).view(count, CROPS_PER_IMAGE, -1).mean(dim=1)
+
+
+def top_k_errors(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
+    """Top-k error (%) for each k: the share of images whose label is not among their k best scores."""
+    ranked = scores.topk(max(ks), dim=1).indices
+    hits = ranked == labels.to(ranked.device)[:, None]
+    return {k: 100.0 * (1 - hits[:, :k].any(dim=1).float().mean().item()) for k in ks}

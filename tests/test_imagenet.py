@@ -1,0 +1,197 @@
+"""ImageNet as users keep it, and the paper's ImageNet input: a synthetic ImageNet-format tree with
+the files that break naive loaders (a CMYK JPEG, a grayscale one, a PNG named .JPEG), mixed sizes."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnet import paper
+from resnet.data import DataError
+from resnet.imagenet import OFFICIAL_ARCHIVES, load_rgb, open_imagenet
+from resnet.training.engine import Normalisation, Precision
+from resnet.training.imagenet_input import (
+    ImageNetImages,
+    centre_view,
+    lighting,
+    mean_image,
+    resize_shorter_side,
+    ten_crop_scores,
+    ten_crop_views,
+    top_k_errors,
+    training_view,
+)
+
+WNIDS = ("n01440764", "n02105855", "n09999999")  # written out of order below: the index is the sorted position
+
+
+def _image(size, mode="RGB", seed=0):
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels, "RGB").convert(mode)
+
+
+def make_tree(root, wnids=WNIDS, per_class=2):
+    """train/<wnid>/ and val/<wnid>/ with JPEGs of mixed sizes; in the first class a CMYK JPEG, a
+    grayscale JPEG and a PNG named .JPEG (as n02105855_2933.JPEG is in the real training set)."""
+    for split in ("val", "train"):
+        for number, wnid in enumerate(reversed(wnids)):
+            folder = root / split / wnid
+            folder.mkdir(parents=True)
+            for index in range(per_class):
+                size = [(300, 200), (150, 400), (64, 64)][(number + index) % 3]
+                _image(size, seed=number * 10 + index).save(folder / f"{wnid}_{index}.JPEG", "JPEG")
+        odd = root / split / wnids[1]
+        _image((120, 90), "CMYK", seed=7).save(odd / "cmyk.JPEG", "JPEG")
+        _image((90, 120), "L", seed=8).save(odd / "gray.JPEG", "JPEG")
+        _image((100, 100), seed=9).save(odd / f"{wnids[1]}_2933.JPEG", "PNG")
+        (odd / "README.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return make_tree(tmp_path / "imagenet")
+
+
+def test_an_image_folder_tree_reads_with_torchvisions_class_order(tree):
+    data = open_imagenet(tree)
+    assert data.classes == tuple(sorted(WNIDS)) and data.layout == "image folder"
+    assert len(data.train) == len(data.val) == 3 * 2 + 3  # the README is not an image
+    labels = {os.path.basename(path): label for path, label in data.train}
+    assert labels["n01440764_0.JPEG"] == 0 and labels["cmyk.JPEG"] == 1 and labels["n09999999_1.JPEG"] == 2
+    assert data.description == "imagenet/ (image folder: 3 classes, 9 training and 9 validation images)"
+
+
+def test_cmyk_grayscale_and_png_named_jpeg_all_decode_as_rgb(tree):
+    folder = tree / "train" / WNIDS[1]
+    assert Image.open(folder / "cmyk.JPEG").mode == "CMYK" and Image.open(folder / "gray.JPEG").mode == "L"
+    assert Image.open(folder / f"{WNIDS[1]}_2933.JPEG").format == "PNG"
+    for name in ("cmyk.JPEG", "gray.JPEG", f"{WNIDS[1]}_2933.JPEG"):
+        image = load_rgb(str(folder / name))
+        assert image.mode == "RGB" and len(image.getbands()) == 3
+    broken = folder / "broken.JPEG"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with pytest.raises(DataError, match=f"{broken} does not decode as an image"):
+        load_rgb(str(broken))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda root: os.rename(root / "val", root / "validation"), "has no val/; an ImageNet DATA is a folder with"),
+    (lambda root: (root / "val" / "n00000001").mkdir(), "train/ and val/ have different classes "
+                                                        r"\(only in train/: none; only in val/: n00000001\)"),
+    (lambda root: [p.unlink() for p in (root / "train" / WNIDS[0]).iterdir()],
+     f"train/{WNIDS[0]} holds no images"),
+    (lambda root: (root / OFFICIAL_ARCHIVES[0]).write_bytes(b"") or os.rename(root / "val", root / "v"),
+     f"holds {OFFICIAL_ARCHIVES[0]} but not {OFFICIAL_ARCHIVES[1]}, {OFFICIAL_ARCHIVES[2]}"),
+])
+def test_a_wrong_imagenet_folder_is_a_clear_error_before_anything_runs(tree, damage, message):
+    damage(tree)
+    with pytest.raises(DataError, match=message):
+        open_imagenet(tree)
+
+
+def test_a_file_is_not_an_imagenet_folder(tmp_path):
+    (tmp_path / "x.tar").write_bytes(b"")
+    with pytest.raises(DataError, match="is not a folder; pass a folder holding train/<wnid>/"):
+        open_imagenet(tmp_path / "x.tar")
+
+
+def test_the_training_view_is_a_224_crop_of_the_image_rescaled_to_a_shorter_side_in_256_480(tree):
+    data = open_imagenet(tree)
+    generator = torch.Generator().manual_seed(0)
+    for path, _ in data.train:
+        view = training_view(load_rgb(path), generator)
+        assert view.shape == (3, 224, 224) and view.dtype == torch.uint8
+    # The scale: drawn uniformly from the whole range, ends included, whatever the image's own size.
+    drawn = [int(torch.randint(*(paper.IMAGENET_SCALE_RANGE[0], paper.IMAGENET_SCALE_RANGE[1] + 1), (),
+                               generator=torch.Generator().manual_seed(seed))) for seed in range(2000)]
+    assert min(drawn) == 256 and max(drawn) == 480
+    small = resize_shorter_side(_image((64, 48)), 256)
+    assert (small.width, small.height) == (341, 256)
+
+
+def test_the_training_view_is_the_crop_of_the_flip_when_the_draw_says_flip():
+    image = _image((256, 256), seed=3)
+    original = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    for seed in range(20):
+        generator = torch.Generator().manual_seed(seed)
+        shorter = int(torch.randint(256, 481, (), generator=generator))
+        top = int(torch.randint(0, shorter - 224 + 1, (), generator=generator))
+        left = int(torch.randint(0, shorter - 224 + 1, (), generator=generator))
+        flipped = float(torch.rand((), generator=generator)) < 0.5
+        view = training_view(image, torch.Generator().manual_seed(seed))
+        if shorter == 256:  # no resampling: the crop is exact
+            crop = original[:, top:top + 224, left:left + 224]
+            assert torch.equal(view, crop.flip(2) if flipped else crop)
+
+
+def test_ten_crops_are_the_four_corners_and_centre_of_the_image_and_its_mirror():
+    # A 256 x 300 image (shorter side already 256, so no resampling): each pixel encodes its position.
+    rows, columns = np.meshgrid(np.arange(256), np.arange(300), indexing="ij")
+    pixels = np.stack([rows % 256, columns % 256, (rows + columns) % 256], axis=2).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    crops = ten_crop_views(image)
+    full = torch.from_numpy(pixels).permute(2, 0, 1)
+    # top-left, top-right, bottom-left, bottom-right, centre
+    corners = [(0, 0), (0, 76), (32, 0), (32, 76), (16, 38)]
+    expected = [full[:, top:top + 224, left:left + 224] for top, left in corners]
+    mirrored = full.flip(2)
+    expected += [mirrored[:, top:top + 224, left:left + 224] for top, left in corners]
+    assert crops.shape == (10, 3, 224, 224)
+    for index, crop in enumerate(expected):
+        assert torch.equal(crops[index], crop), index
+    assert torch.equal(centre_view(image), expected[4])
+
+
+def test_ten_crop_scores_average_the_crops_softmax_and_top_k_counts_by_hand():
+    class MeanOfRed(torch.nn.Module):  # logits of a crop: (mean red, 0, -mean red) in normalised units
+        def forward(self, images):
+            red = images[:, 0].mean(dim=(1, 2))
+            return torch.stack([red, torch.zeros_like(red), -red], dim=1)
+
+    crops = torch.zeros(2, 10, 3, 224, 224, dtype=torch.uint8)
+    for crop in range(10):
+        crops[0, crop, 0] = crop * 10  # image 0: red 0, 10, ..., 90 across its crops
+    crops[1, :, 0] = 50
+    normalise = Normalisation("per-pixel", torch.zeros(1, 3, 1, 1), torch.tensor(100.0))
+    scores = ten_crop_scores(MeanOfRed(), crops, normalise, Precision(torch.device("cpu"), "fp32"))
+    by_hand = torch.stack([
+        torch.stack([torch.tensor([r / 100, 0.0, -r / 100]).softmax(0) for r in range(0, 100, 10)]).mean(0),
+        torch.tensor([0.5, 0.0, -0.5]).softmax(0)])
+    torch.testing.assert_close(scores, by_hand)
+    assert top_k_errors(scores, torch.tensor([0, 2]), ks=(1, 2)) == {1: 50.0, 2: 50.0}
+    assert top_k_errors(scores, torch.tensor([0, 1]), ks=(1, 2)) == {1: 50.0, 2: 0.0}
+
+
+def test_lighting_shifts_each_image_by_one_rgb_offset_along_imagenets_principal_components():
+    images = torch.zeros(4, 3, 8, 8)
+    normalise = Normalisation("per-pixel", torch.zeros(1, 3, 1, 1), torch.tensor(50.0))
+    shifted = lighting(images, normalise, torch.Generator().manual_seed(1))
+    alpha = torch.randn(4, 3, generator=torch.Generator().manual_seed(1)) * 0.1
+    eigenvectors = torch.tensor(paper.IMAGENET_RGB_EIGENVECTORS)
+    eigenvalues = torch.tensor(paper.IMAGENET_RGB_EIGENVALUES)
+    for index in range(4):
+        offset = eigenvectors @ (alpha[index] * eigenvalues) * 255 / 50
+        torch.testing.assert_close(shifted[index], offset[:, None, None].expand(3, 8, 8))
+    assert shifted.abs().max() < 255 / 50 * 0.5  # a small colour shift, not a new image
+
+
+def test_the_dataset_draws_the_same_crops_for_the_same_epoch_and_others_for_the_next(tree):
+    data = open_imagenet(tree)
+    images = ImageNetImages(data.train, training_view, seed=0)
+    first, label = images[4]
+    assert label == data.train[4][1] and torch.equal(images[4][0], first)
+    images.set_epoch(1)
+    assert not torch.equal(images[4][0], first)
+    validation = ImageNetImages(data.val, centre_view)
+    assert torch.equal(validation[0][0], validation[0][0]) and validation[0][0].shape == (3, 224, 224)
+
+
+def test_the_mean_image_is_the_mean_centre_crop(tree):
+    data = open_imagenet(tree)
+    normalise = mean_image(data.train, count=3)
+    crops = torch.stack([centre_view(load_rgb(path)).double() for path, _ in data.train[:3]])
+    torch.testing.assert_close(normalise.mean[0].double(), crops.mean(0), rtol=0, atol=1e-4)
+    assert normalise.mean.shape == (1, 3, 224, 224) and float(normalise.std) > 0
