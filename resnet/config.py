@@ -159,7 +159,8 @@ class TrainConfig:
                 hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ConfigError(f"unknown parameter {', '.join(hints)}; legal parameters: {', '.join(known)}")
         defaults = cls()
-        coerced = {key: _coerce(key, value, getattr(defaults, key), known[key].type) for key, value in values.items()}
+        coerced = {key: coerce_value(key, value, getattr(defaults, key), known[key].type)
+                   for key, value in values.items()}
         return cls(**coerced)
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,7 +177,7 @@ class TrainConfig:
 
         The precision must be resolved first (:meth:`resolved_for`): a bf16 run and an fp32 run of
         the same network are different experiments."""
-        return _hash(self._identity())
+        return identity_hash(self._identity())
 
     def legacy_fingerprints(self) -> dict[str, bool]:
         """The fingerprints earlier versions gave this same experiment, each with whether its runs
@@ -192,9 +193,9 @@ class TrainConfig:
         identity = self._identity()
         del identity["normalisation"]
         identity["schedule"] = recorded_names.get(identity["schedule"], identity["schedule"])
-        with_precision = _hash(identity)
+        with_precision = identity_hash(identity)
         del identity["precision"]
-        return {_hash(identity): True, with_precision: False}
+        return {identity_hash(identity): True, with_precision: False}
 
     def _identity(self) -> dict[str, Any]:
         if self.precision == "auto":
@@ -226,12 +227,14 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def _hash(identity: dict[str, Any]) -> str:
+def identity_hash(identity: dict[str, Any]) -> str:
+    """A run's fingerprint: 16 hex digits of the SHA-256 of its identifying settings as sorted JSON."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:
-    """Accept the natural spellings of each type; reject the rest with the key's name."""
+def coerce_value(key: str, value: Any, default: Any, annotation: str) -> Any:
+    """A setting's value from its natural spellings (``"0.1"``, ``"true"``, ``"30 60"``) for the type
+    its dataclass field declares; anything else is a ``ConfigError`` naming ``key``."""
     optional = "None" in annotation
     if value is None or (optional and isinstance(value, str) and value.lower() in ("", "none", "null")):
         if optional:

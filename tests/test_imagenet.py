@@ -20,7 +20,7 @@ from resnet.training.imagenet_input import (
     resize_shorter_side,
     ten_crop_scores,
     ten_crop_views,
-    top_k_errors,
+    top_hits,
     training_view,
 )
 
@@ -145,7 +145,7 @@ def test_ten_crops_are_the_four_corners_and_centre_of_the_image_and_its_mirror()
     assert torch.equal(centre_view(image), expected[4])
 
 
-def test_ten_crop_scores_average_the_crops_softmax_and_top_k_counts_by_hand():
+def test_ten_crop_scores_average_the_crops_softmax_and_top_hits_count_by_hand():
     class MeanOfRed(torch.nn.Module):  # logits of a crop: (mean red, 0, -mean red) in normalised units
         def forward(self, images):
             red = images[:, 0].mean(dim=(1, 2))
@@ -161,8 +161,10 @@ def test_ten_crop_scores_average_the_crops_softmax_and_top_k_counts_by_hand():
         torch.stack([torch.tensor([r / 100, 0.0, -r / 100]).softmax(0) for r in range(0, 100, 10)]).mean(0),
         torch.tensor([0.5, 0.0, -0.5]).softmax(0)])
     torch.testing.assert_close(scores, by_hand)
-    assert top_k_errors(scores, torch.tensor([0, 2]), ks=(1, 2)) == {1: 50.0, 2: 50.0}
-    assert top_k_errors(scores, torch.tensor([0, 1]), ks=(1, 2)) == {1: 50.0, 2: 0.0}
+    # Three classes, so "top-5" is all of them: image 0's best class is 0, image 1's too (0.5 > 0 > -0.5).
+    assert top_hits(scores, torch.tensor([0, 2])).tolist() == [1.0, 2.0]
+    assert top_hits(scores, torch.tensor([1, 0])).tolist() == [1.0, 2.0]
+    assert top_hits(scores[:, :2], torch.tensor([1, 0])).tolist() == [1.0, 2.0]
 
 
 def test_lighting_shifts_each_image_by_one_rgb_offset_along_imagenets_principal_components():

@@ -22,8 +22,9 @@ ALLOWED = {
     "data": {"paths"},
     "imagenet": {"paths", "data"},
     "config": {"paper", "models", "tracking"},
-    "training": BASE | {"tracking", "models", "measures", "data", "imagenet", "config"},
-    "studies": BASE | {"tracking", "models", "measures", "data", "imagenet", "config", "training"},
+    "imagenet_config": {"paper", "models", "config"},
+    "training": BASE | {"tracking", "models", "measures", "data", "imagenet", "config", "imagenet_config"},
+    "studies": BASE | {"tracking", "models", "measures", "data", "imagenet", "config", "imagenet_config", "training"},
     "study": {"studies"},
     "report": BASE | {"tracking"},
 }

@@ -11,9 +11,13 @@ error.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import socket
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -21,8 +25,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ..config import ConfigError
+from ..imagenet_config import BACKENDS
 
-BACKENDS = ("auto", "nccl", "gloo")
 # Long enough for rank 0's slowest solitary work between collectives (an epoch's checkpoint and its
 # MLflow records); short enough that a dead rank ends the cell within minutes, not hours.
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
@@ -93,22 +97,36 @@ def launch(function: Callable[..., Any], world_size: int, backend: str, *args: A
     when all have finished; if one raises, the others are stopped and a ``RuntimeError`` names its
     rank and its error."""
     port = _free_port()
-    try:
-        mp.spawn(_run_rank, args=(world_size, port, backend, function, args), nprocs=world_size, join=True)
-    except mp.ProcessRaisedException as error:
-        last_line = error.msg.strip().splitlines()[-1]
-        raise RuntimeError(f"rank {error.error_index} of {world_size} failed: {last_line}") from None
-    except mp.ProcessExitedException as error:
-        raise RuntimeError(f"rank {error.error_index} of {world_size} died (exit code {error.exit_code}"
-                           f"{', ' + error.signal_name if error.signal_name else ''})") from None
+    with tempfile.TemporaryDirectory(prefix="resnet-ranks-") as errors:
+        try:
+            mp.spawn(_run_rank, args=(world_size, port, backend, errors, function, args), nprocs=world_size,
+                     join=True)
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
+            raise RuntimeError(_first_failure(Path(errors), error, world_size)) from None
 
 
-def _run_rank(rank: int, world_size: int, port: int, backend: str, function: Callable[..., Any], args) -> None:
+def _first_failure(errors: Path, error: Exception, world_size: int) -> str:
+    """The rank whose error came first: when one rank fails, its partners then fail too (a reset
+    connection), and torch may notice theirs first."""
+    recorded = [json.loads(path.read_text()) for path in errors.glob("rank*.json")]
+    if recorded:
+        first = min(recorded, key=lambda entry: entry["time"])
+        return f"rank {first['rank']} of {world_size} failed: {first['error']}"
+    exit_code = getattr(error, "exit_code", None)
+    return f"rank {error.error_index} of {world_size} died (exit code {exit_code})"
+
+
+def _run_rank(rank: int, world_size: int, port: int, backend: str, errors: str, function: Callable[..., Any],
+              args) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    join(backend)
     try:
+        join(backend)
         function(*args)
+    except BaseException as error:
+        message = {"time": time.time(), "rank": rank, "error": f"{type(error).__name__}: {error}"}
+        Path(errors, f"rank{rank}.json").write_text(json.dumps(message))
+        raise
     finally:
         leave()
 

@@ -14,6 +14,8 @@ PIL in DataLoader workers, then normalised and colour-augmented on the step's de
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
@@ -26,16 +28,29 @@ from .engine import Normalisation, Precision
 CROPS_PER_IMAGE = 10  # the standard 10-crop test: 4 corners and the centre, and their mirrors
 
 
+@dataclass(frozen=True)
+class ViewSizes:
+    """The sizes of the views: the paper's by default; the tiny CPU profile shrinks them."""
+
+    crop: int = paper.IMAGENET_CROP
+    scale_min: int = paper.IMAGENET_SCALE_RANGE[0]
+    scale_max: int = paper.IMAGENET_SCALE_RANGE[1]
+    test_size: int = paper.IMAGENET_TEST_SHORTER_SIDE
+
+
+PAPER_VIEWS = ViewSizes()
+
+
 def resize_shorter_side(image: Image.Image, length: int) -> Image.Image:
     """``image`` scaled (bilinear, antialiased) so that its shorter side is ``length``."""
     return TF.resize(image, length, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
 
 
-def training_view(image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+def training_view(image: Image.Image, generator: torch.Generator | None = None,
+                  sizes: ViewSizes = PAPER_VIEWS) -> torch.Tensor:
     """One training crop of ``image`` (section 3.4): scale augmentation, a random 224 crop, a random
     flip. 3 x 224 x 224 uint8."""
-    low, high = paper.IMAGENET_SCALE_RANGE
-    crop = paper.IMAGENET_CROP
+    low, high, crop = sizes.scale_min, sizes.scale_max, sizes.crop
     shorter = int(torch.randint(low, high + 1, (), generator=generator))
     image = resize_shorter_side(image, shorter)
     top = int(torch.randint(0, image.height - crop + 1, (), generator=generator))
@@ -44,25 +59,25 @@ def training_view(image: Image.Image, generator: torch.Generator | None = None) 
     return TF.horizontal_flip(view) if float(torch.rand((), generator=generator)) < 0.5 else view
 
 
-def centre_view(image: Image.Image) -> torch.Tensor:
+def centre_view(image: Image.Image, sizes: ViewSizes = PAPER_VIEWS) -> torch.Tensor:
     """The single validation view: shorter side 256, the centre 224x224 crop. 3 x 224 x 224 uint8."""
-    resized = resize_shorter_side(image, paper.IMAGENET_TEST_SHORTER_SIDE)
-    return TF.pil_to_tensor(TF.center_crop(resized, [paper.IMAGENET_CROP, paper.IMAGENET_CROP]))
+    resized = resize_shorter_side(image, sizes.test_size)
+    return TF.pil_to_tensor(TF.center_crop(resized, [sizes.crop, sizes.crop]))
 
 
-def ten_crop_views(image: Image.Image) -> torch.Tensor:
+def ten_crop_views(image: Image.Image, sizes: ViewSizes = PAPER_VIEWS) -> torch.Tensor:
     """The standard 10-crop test views of ``image`` at shorter side 256: top-left, top-right,
     bottom-left, bottom-right and centre, then the same of its mirror. 10 x 3 x 224 x 224 uint8."""
-    resized = TF.pil_to_tensor(resize_shorter_side(image, paper.IMAGENET_TEST_SHORTER_SIDE))
-    return torch.stack(TF.ten_crop(resized, [paper.IMAGENET_CROP, paper.IMAGENET_CROP]))
+    resized = TF.pil_to_tensor(resize_shorter_side(image, sizes.test_size))
+    return torch.stack(TF.ten_crop(resized, [sizes.crop, sizes.crop]))
 
 
 class ImageNetImages(torch.utils.data.Dataset):
     """(view, class index) for each (path, class index) of ``items``; ``view`` is one of the functions
     above. An image that does not decode raises ``DataError`` with its path."""
 
-    def __init__(self, items, view, seed: int | None = None):
-        self.items, self.view, self.seed = tuple(items), view, seed
+    def __init__(self, items, view, seed: int | None = None, sizes: ViewSizes = PAPER_VIEWS):
+        self.items, self.view, self.seed, self.sizes = tuple(items), view, seed, sizes
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -77,15 +92,15 @@ class ImageNetImages(torch.utils.data.Dataset):
         path, label = self.items[index]
         image = load_rgb(path)
         if self.seed is None:
-            return self.view(image), label
+            return self.view(image, sizes=self.sizes), label
         generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & (2**63 - 1))
-        return self.view(image, generator), label
+        return self.view(image, generator, sizes=self.sizes), label
 
 
-def mean_image(items, count: int) -> Normalisation:
+def mean_image(items, count: int, sizes: ViewSizes = PAPER_VIEWS) -> Normalisation:
     """The per-pixel normalisation: the mean 224x224 centre crop of the first ``count`` of ``items``
     (in a fixed, class-balanced order the caller chooses) and one std about it."""
-    crops = torch.stack([centre_view(load_rgb(path)) for path, _ in list(items)[:count]])
+    crops = torch.stack([centre_view(load_rgb(path), sizes) for path, _ in list(items)[:count]])
     return Normalisation.for_images("per-pixel", crops)
 
 
@@ -118,8 +133,8 @@ def ten_crop_scores(model: nn.Module, crops: torch.Tensor, normalise: Normalisat
     return logits.softmax(dim=1).view(count, CROPS_PER_IMAGE, -1).mean(dim=1)
 
 
-def top_k_errors(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
-    """Top-k error (%) for each k: the share of images whose label is not among their k best scores."""
-    ranked = scores.topk(max(ks), dim=1).indices
-    hits = ranked == labels.to(ranked.device)[:, None]
-    return {k: 100.0 * (1 - hits[:, :k].any(dim=1).float().mean().item()) for k in ks}
+def top_hits(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How many images have their label as the best score (top-1) and among the five best (top-5, or
+    all of them with fewer classes): a float64 pair, to be summed over batches and ranks."""
+    ranked = scores.topk(min(5, scores.shape[1]), dim=1).indices == labels.to(scores.device)[:, None]
+    return torch.stack([ranked[:, 0].sum(), ranked.any(dim=1).sum()]).double()

@@ -1,0 +1,89 @@
+"""The ImageNet cell on the CPU, as the tiny profile runs it: two gloo processes, small views."""
+
+import pytest
+from test_imagenet import make_tree
+
+from resnet.config import ConfigError
+from resnet.data import DataError
+from resnet.imagenet_config import ImageNetConfig
+from resnet.tracking import keys
+from resnet.tracking import store as mlflow_store
+from resnet.training import imagenet_loop
+from resnet.training.imagenet_loop import train_imagenet
+
+TINY = dict(model="resnet18", shortcut="A", epochs=2, batch_size=4, crop=32, scale_min=36, scale_max=48,
+            test_size=36, train_subset=4, val_subset=3, mean_images=12, workers=0, study="unit-imagenet")
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return make_tree(tmp_path / "imagenet", per_class=3)
+
+
+def test_two_processes_train_one_cell_into_one_mlflow_run(store, tree, tmp_path):
+    config = ImageNetConfig(**TINY, data=str(tree), world_size=2, backend="gloo")
+    run_id = train_imagenet(config, tracking_uri=store, checkpoint_dir=tmp_path / "checkpoints")
+    client = mlflow_store.client(store)
+    runs = client.search_runs([mlflow_store.experiment_id("unit-imagenet", store)])
+    assert [run.info.run_id for run in runs] == [run_id]  # one run for the cell, not one per rank
+    run = runs[0]
+    assert run.info.status == keys.STATUS_FINISHED
+    params = run.data.params
+    assert (params["world_size"], params["per_process_batch"], params["batch_size"]) == ("2", "2", "4")
+    # 3 images a class, 6 in the second (its odd files), at most 4 kept: 10; 5 a rank, 2 steps of 2 an epoch.
+    assert params["train_images"] == "10" and params["val_images"] == "9" and params["total_steps"] == "4"
+    assert params["cut_from_the_recipe"].startswith("global batch 4, lr 0.0015625 by linear scaling; 32px crops")
+    history = client.get_metric_history(run_id, "train_error")
+    assert sorted(point.step for point in history) == [1, 2]  # each epoch once, from rank 0 alone
+    assert [point.value for point in client.get_metric_history(run_id, "step")] == [2.0, 4.0]  # global batches
+    for key in ("final_top1_error_10crop", "final_top5_error_10crop", "val_error"):
+        assert 0 <= run.data.metrics[key] <= 100
+    assert run.data.metrics["final_top5_error_10crop"] == 0  # 3 classes: the five best hold every label
+    assert not list((tmp_path / "checkpoints").glob("*.pt"))  # the weights' checkpoint ends with the run
+
+
+def test_a_killed_cell_resumes_from_its_last_epoch_into_the_same_run(store, tree, tmp_path, monkeypatch, capsys):
+    config = ImageNetConfig(**TINY, data=str(tree))
+    finish_epoch = imagenet_loop._Training._epoch
+
+    def killed_in_epoch_two(self, epoch, state):
+        if epoch == 2:
+            raise KeyboardInterrupt("signal SIGTERM")
+        return finish_epoch(self, epoch, state)
+
+    monkeypatch.setattr(imagenet_loop._Training, "_epoch", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_imagenet(config, tracking_uri=store, checkpoint_dir=tmp_path / "checkpoints")
+    client = mlflow_store.client(store)
+    (killed,) = client.search_runs([mlflow_store.experiment_id("unit-imagenet", store)])
+    assert killed.info.status == keys.STATUS_KILLED and "rerun to resume" in killed.data.tags[keys.FAILURE_REASON_TAG]
+    monkeypatch.setattr(imagenet_loop._Training, "_epoch", finish_epoch)
+    run_id = train_imagenet(config, tracking_uri=store, checkpoint_dir=tmp_path / "checkpoints")
+    assert run_id == killed.info.run_id and "resuming resnet18-A-s0 at epoch 2/2" in capsys.readouterr().out
+    assert client.get_run(run_id).info.status == keys.STATUS_FINISHED
+    assert sorted(point.step for point in client.get_metric_history(run_id, "train_error")) == [1, 2]
+    # The resumed run computes what an uninterrupted one does: same crops, order, colour shifts, weights.
+    whole = train_imagenet(ImageNetConfig(**{**TINY, "study": "unit-whole"}, data=str(tree)), tracking_uri=store,
+                           checkpoint_dir=tmp_path / "whole")
+    for key in ("train_error", "train_loss", "val_loss", "final_top1_error_10crop"):
+        assert client.get_run(run_id).data.metrics[key] == client.get_run(whole).data.metrics[key], key
+
+
+def test_what_cannot_run_is_refused_before_any_process_starts(tree, tmp_path):
+    with pytest.raises(ConfigError, match="the global batch 4 does not split over 3 processes"):
+        train_imagenet(ImageNetConfig(**TINY, data=str(tree), world_size=3, backend="gloo"))
+    with pytest.raises(ConfigError, match="nccl needs CUDA GPUs and none is visible here"):
+        train_imagenet(ImageNetConfig(**TINY, data=str(tree), world_size=2, backend="nccl"))
+    (tree / "val").rename(tree / "elsewhere")
+    with pytest.raises(DataError, match="has no val/"):
+        train_imagenet(ImageNetConfig(**TINY, data=str(tree), world_size=2, backend="gloo"))
+
+
+def test_an_image_that_does_not_decode_stops_the_cell_with_its_path_and_the_failing_rank(store, tree, tmp_path):
+    broken = tree / "val" / "n09999999" / "n09999999_0.JPEG"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    config = ImageNetConfig(**{**TINY, "epochs": 1}, data=str(tree), world_size=2, backend="gloo")
+    with pytest.raises(RuntimeError, match=rf"rank \d of 2 failed: DataError: {broken} does not decode"):
+        train_imagenet(config, tracking_uri=store, checkpoint_dir=tmp_path / "checkpoints")
+    (run,) = mlflow_store.client(store).search_runs([mlflow_store.experiment_id("unit-imagenet", store)])
+    assert run.info.status == keys.STATUS_FAILED and str(broken) in run.data.tags[keys.FAILURE_REASON_TAG]
