@@ -172,6 +172,16 @@ class TrainConfig:
         """This config as it runs on a ``device_type`` ("cuda" or "cpu") device: precision decided."""
         return replace(self, precision=resolve_precision(self.precision, device_type))
 
+    def device_type(self, gpus: bool) -> str:
+        """Where this run goes when its executor gives it GPUs (``gpus``) or not: every cell goes on a
+        GPU when there are any; else where its ``device`` says, ``auto`` being the CPU."""
+        return "cuda" if gpus or self.device.startswith("cuda") else "cpu"
+
+    @property
+    def processes(self) -> int:
+        """Training processes (GPUs) one run takes: one."""
+        return 1
+
     def fingerprint(self) -> str:
         """Identity of the experiment: what decides the curve, not where or how fast it runs.
 

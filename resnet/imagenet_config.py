@@ -60,6 +60,9 @@ class ImageNetConfig:
         except ValueError as error:
             raise ConfigError(f"model: {error}") from None
         object.__setattr__(self, "shortcut", shortcut)
+        if not self.data:
+            raise ConfigError("data: ImageNet cannot be downloaded; give a folder with train/<wnid>/ and val/<wnid>/, "
+                              "or with the official archives (make reproduce STUDY=imagenet DATA=/path/to/imagenet)")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend: unknown backend {self.backend!r}; legal values: {', '.join(BACKENDS)}")
         if self.precision not in PRECISIONS:
@@ -89,8 +92,7 @@ class ImageNetConfig:
             hints = [f"{key!r}" + "".join(f" (did you mean {close!r}?)" for close in
                                           difflib.get_close_matches(key, known, n=1)) for key in unknown]
             raise ConfigError(f"unknown parameter {', '.join(hints)}; legal parameters: {', '.join(known)}")
-        defaults = cls()
-        return cls(**{key: coerce_value(key, value, getattr(defaults, key), known[key].type)
+        return cls(**{key: coerce_value(key, value, known[key].default, known[key].type)
                       for key, value in values.items()})
 
     @property
@@ -120,6 +122,26 @@ class ImageNetConfig:
         """The learning rate during ``epoch`` (1-based)."""
         drops = sum(epoch > drop for drop in self.lr_drop_epochs)
         return self.effective_lr * paper.LR_DROP_FACTOR**drops
+
+    def device_type(self, gpus: bool) -> str:
+        """Where this run goes when its executor gives it GPUs (``gpus``) or not."""
+        return "cuda" if self.backend == "nccl" or (self.backend == "auto" and gpus) else "cpu"
+
+    @property
+    def processes(self) -> int:
+        """Training processes (GPUs) one run takes: its world size."""
+        return self.world_size
+
+    @property
+    def stem(self) -> str:
+        return "imagenet"
+
+    @property
+    def iterations(self) -> None:
+        return None  # ImageNet runs are counted in epochs
+
+    def legacy_fingerprints(self) -> dict[str, bool]:
+        return {}  # no earlier version recorded ImageNet runs
 
     def resolved_for(self, device_type: str) -> ImageNetConfig:
         values = {**self.to_dict(), "precision": resolve_precision(self.precision, device_type),

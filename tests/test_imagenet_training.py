@@ -1,11 +1,14 @@
 """The ImageNet cell on the CPU, as the tiny profile runs it: two gloo processes, small views."""
 
 import pytest
+import yaml
+from conftest import ROOT
 from test_imagenet import make_tree
 
 from resnet.config import ConfigError
 from resnet.data import DataError
 from resnet.imagenet_config import ImageNetConfig
+from resnet.studies.cli import main
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store
 from resnet.training import imagenet_loop
@@ -13,6 +16,10 @@ from resnet.training.imagenet_loop import train_imagenet
 
 TINY = dict(model="resnet18", shortcut="A", epochs=2, batch_size=4, crop=32, scale_min=36, scale_max=48,
             test_size=36, train_subset=4, val_subset=3, mean_images=12, workers=0, study="unit-imagenet")
+
+STUDY_TINY = {key: TINY[key] for key in ("epochs", "batch_size", "crop", "scale_min", "scale_max", "test_size",
+                                         "train_subset", "val_subset", "mean_images", "workers")}
+STUDY_TINY.update(world_size=2, backend="gloo", precision="fp32")
 
 
 @pytest.fixture
@@ -87,3 +94,32 @@ def test_an_image_that_does_not_decode_stops_the_cell_with_its_path_and_the_fail
         train_imagenet(config, tracking_uri=store, checkpoint_dir=tmp_path / "checkpoints")
     (run,) = mlflow_store.client(store).search_runs([mlflow_store.experiment_id("unit-imagenet", store)])
     assert run.info.status == keys.STATUS_FAILED and str(broken) in run.data.tags[keys.FAILURE_REASON_TAG]
+
+
+def test_the_tiny_profile_runs_each_cell_as_two_processes_through_its_notebook(store, tree, tmp_path, capsys):
+    """make reproduce STUDY=imagenet PROFILE=tiny DATA=<folder>, on two of its six networks."""
+    tiny = yaml.safe_load((ROOT / "experiments" / "imagenet.yaml").read_text())
+    tiny["profiles"] = {"tiny": {**tiny["profiles"]["tiny"], "models": ["plain18", "resnet18"], "settings": STUDY_TINY}}
+    study = tmp_path / "imagenet-two.yaml"
+    study.write_text(yaml.safe_dump({**tiny, "default_profile": "tiny"}))
+    arguments = ["--study", str(study), "--data", str(tree), "--tracking-uri", store]
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    client = mlflow_store.client(store)
+    runs = client.search_runs([mlflow_store.experiment_id("imagenet-two", store)])
+    cells = {run.info.run_name: run for run in runs if run.data.tags.get(keys.ROLE_TAG) == keys.ROLE_CELL}
+    assert sorted(cells) == ["plain18-s0", "resnet18-A-s0"]
+    for name, run in cells.items():
+        assert run.info.status == keys.STATUS_FINISHED and run.data.params["world_size"] == "2"
+        assert f"{name}.ipynb" in {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+        epochs = [line for line in printed.splitlines() if line.startswith(f"    {name} epoch ")]
+        assert [line.split()[2] for line in epochs] == ["1/2", "2/2"]  # each epoch's line once
+        assert f"finished {name}" in printed and "10-crop top-1" in printed
+    assert main(arguments) == 0  # a rerun finds both finished and trains nothing
+    assert sum(line.startswith("  done     ") for line in capsys.readouterr().out.splitlines()) == 2
+
+
+def test_an_imagenet_study_without_data_says_where_to_point(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--study", "imagenet", "--profile", "tiny", "--list"])
+    assert "data: ImageNet cannot be downloaded; give a folder with train/<wnid>/" in capsys.readouterr().err

@@ -8,11 +8,12 @@ import pytest
 from conftest import ROOT
 
 from resnet.config import ConfigError, TrainConfig
+from resnet.imagenet_config import ImageNetConfig
 from resnet.studies.notebook import RUNNER_OPTIONS, configure
 
 
-def _parameter_cell_namespace() -> dict:
-    notebook = json.loads((ROOT / "notebooks" / "train.ipynb").read_text())
+def _parameter_cell_namespace(name: str = "train.ipynb") -> dict:
+    notebook = json.loads((ROOT / "notebooks" / name).read_text())
     cells = [c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(cells) == 1, "the notebook must have exactly one cell tagged 'parameters'"
     namespace: dict = {}
@@ -31,6 +32,18 @@ def test_the_parameter_cell_states_every_trainconfig_default_and_nothing_else():
             assert tuple(value) == field.default, name
         else:
             assert value == field.default and type(value) is type(field.default), name
+
+
+def test_the_imagenet_notebooks_parameter_cell_states_every_imagenetconfig_default_and_nothing_else():
+    namespace = _parameter_cell_namespace("train_imagenet.ipynb")
+    defaults = ImageNetConfig.__dataclass_fields__
+    assert set(namespace) == set(defaults) | set(RUNNER_OPTIONS)
+    for name, field in defaults.items():
+        value = tuple(namespace[name]) if name == "lr_drop_epochs" else namespace[name]
+        assert value == field.default and type(value) is type(field.default), name
+    config, options = configure({**namespace, "data": "/data/imagenet", "world_size": 8}, set(), ImageNetConfig)
+    assert config == ImageNetConfig(data="/data/imagenet", world_size=8) and config.shortcut == "B"
+    assert options == {"tracking_uri": None, "parent_run_id": None, "progress": True}
 
 
 def test_configure_builds_the_config_from_the_names_defined_after_the_baseline():

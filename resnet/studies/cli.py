@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             name, profile = "cifar-depth", "laptop"
         elif without_gpu and name == "cifar-depth":
             profile = "laptop"  # the full profile is 64k iterations per network: days on a CPU
+        elif without_gpu and name == "imagenet":
+            print("No CUDA GPU here: running the imagenet study's tiny profile (2 CPU processes per cell, small "
+                  "views; its numbers mean nothing). To force another: PROFILE=one-seed or PROFILE=full.", flush=True)
+            profile = "tiny"
     try:
         study = load_study(name, profile, data=args.data, overrides=overrides, seeds=seeds)
     except StudyError as error:

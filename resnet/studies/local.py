@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .. import paper
+from ..config import TrainConfig
 from ..paths import runs_dir
 from ..tracking import store
 from .plan import FAILED, INVALID, SKIPPED, TRAINED, StudyOutcome, close_parent, open_study, visible_gpus
@@ -31,7 +32,6 @@ def run_study(
     jobs: int | None = None,
     gpus: list[int] | None = None,
     tracking_uri: str | None = None,
-    notebook: Path | None = None,
     output_dir: Path | None = None,
     progress: bool = True,
 ) -> StudyOutcome:
@@ -47,7 +47,7 @@ def run_study(
           f"{' on GPUs ' + ','.join(map(str, gpus)) if gpus else ' on the CPU'}; MLflow {uri}", flush=True)
     opened = open_study(study, uri, gpus, {"profile": study.profile, "jobs": jobs})
     pool = CellPool(opened.uri, opened.experiment, opened.parent, jobs, gpus,
-                    output_dir=output_dir or runs_dir() / study.name, notebook=notebook)
+                    output_dir=output_dir or runs_dir() / study.name)
     pool.run(opened.pending, progress)
     outcomes = {**opened.outcomes, **pool.outcomes}
     result = StudyOutcome(study, opened.parent, [outcomes[c.name] for c in study.cells if c.name in outcomes],
@@ -73,7 +73,9 @@ def _print_summary(result: StudyOutcome, training_seconds: float) -> None:
         rate = result.images_trained / training_seconds
         print(f"aggregate throughput: {result.images_trained:,} images in {training_seconds:.0f}s = "
               f"{rate:,.0f} images/s")
-        if result.study.name != "smoke":
+        # A projection only where the cells are the paper's CIFAR runs cut short: a smoke run's cells
+        # are mostly start-up, and the tiny ImageNet profile's 32px views say nothing of 224px ones.
+        if result.study.name != "smoke" and all(isinstance(c.config, TrainConfig) for c in result.study.cells):
             images = full_profile_images(result.study)
             print(f"at this rate one seed of the full profile ({images:,} images) takes about "
                   f"{images / rate / 60:.0f} minutes")

@@ -1,4 +1,5 @@
-"""What ``notebooks/train.ipynb`` calls: it only sets parameters, calls these, and shows results.
+"""What ``notebooks/train.ipynb`` (and ``train_imagenet.ipynb``) call: they only set parameters, call
+these, and show results.
 
 Papermill injects parameters it does not know about with only a warning, so :func:`configure`
 compares every name the notebook's parameter cells defined against the engine's configuration and
@@ -12,6 +13,9 @@ import threading
 from typing import Any
 
 from ..config import ConfigError, TrainConfig
+from ..imagenet_config import ImageNetConfig
+from ..tracking import store
+from ..training.imagenet_loop import train_imagenet
 from ..training.loop import TrainResult, train
 
 # Parameters the notebook takes besides the TrainConfig fields.
@@ -27,8 +31,10 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def configure(namespace: dict[str, Any], baseline: set[str]) -> tuple[TrainConfig, dict[str, Any]]:
-    """The config and runner options from the names defined since ``baseline`` was taken."""
+def configure(namespace: dict[str, Any], baseline: set[str],
+              config_class: type = TrainConfig) -> tuple[TrainConfig | ImageNetConfig, dict[str, Any]]:
+    """The config (a ``config_class``) and runner options from the names defined since ``baseline``
+    was taken."""
     values = {
         name: value
         for name, value in namespace.items()
@@ -36,7 +42,7 @@ def configure(namespace: dict[str, Any], baseline: set[str]) -> tuple[TrainConfi
     }
     options = {name: values.pop(name) for name in RUNNER_OPTIONS if name in values}
     try:
-        return TrainConfig.from_mapping(values), options
+        return config_class.from_mapping(values), options
     except ConfigError as error:
         # Shown as the notebook's error: the executed notebook keeps it for the study's failure list.
         raise ConfigError(f"bad notebook parameter: {error}") from None
@@ -45,6 +51,34 @@ def configure(namespace: dict[str, Any], baseline: set[str]) -> tuple[TrainConfi
 def run(config: TrainConfig, tracking_uri: str | None = None, parent_run_id: str | None = None,
         progress: bool = True) -> TrainResult:
     return train(config, tracking_uri=tracking_uri, parent_run_id=parent_run_id, progress=progress)
+
+
+def run_imagenet(config: ImageNetConfig, tracking_uri: str | None = None, parent_run_id: str | None = None,
+                 progress: bool = True) -> str:
+    """Train an ImageNet cell in its ``world_size`` processes; its MLflow run id. (Each epoch prints
+    one line; there is no per-image bar across processes, so ``progress`` changes nothing.)"""
+    return train_imagenet(config, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
+
+
+def show_imagenet_run(run_id: str, tracking_uri: str | None = None):
+    """The run's training error (thin) and centre-crop validation error (bold) against iterations, as
+    the paper's Figure 4 draws them, and its final 10-crop errors."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    client = store.client(tracking_uri)
+    frame = pd.DataFrame({key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
+                          for key in ("step", "train_error", "val_error", "val_top5_error", "lr")})
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(frame["step"], frame["train_error"], linewidth=1, label="train error")
+    axis.plot(frame["step"], frame["val_error"], linewidth=2.5, label="val error (centre crop)")
+    axis.set_xlabel("iterations (global batches)")
+    axis.set_ylabel("top-1 error (%)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    final = {key: value for key, value in client.get_run(run_id).data.metrics.items() if key.endswith("10crop")}
+    return figure, frame.tail(5).round(4), final
 
 
 def show_run(result: TrainResult):

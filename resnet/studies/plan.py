@@ -20,6 +20,8 @@ import yaml
 
 from ..config import TrainConfig
 from ..data import load_cifar10
+from ..imagenet import open_imagenet
+from ..imagenet_config import ImageNetConfig
 from ..tracking import keys, store
 from .spec import Cell, Study
 
@@ -85,7 +87,7 @@ def last_step(run) -> int:
     return int(run.data.metrics.get("step", 0))
 
 
-def cell_runs(experiment: str, config: TrainConfig, uri: str) -> CellRuns:
+def cell_runs(experiment: str, config: TrainConfig | ImageNetConfig, uri: str) -> CellRuns:
     """The runs of ``config`` (its precision resolved), newest first.
 
     Runs recorded by earlier versions carry their older fingerprints (``legacy_fingerprints``); those
@@ -118,16 +120,14 @@ def _cuda_devices() -> tuple[int, ...]:
         return ()
 
 
-def device_type(config: TrainConfig, gpus: list[int]) -> str:
-    """Where a cell will run, given the GPUs its executor gives it: every cell goes on a GPU when
-    there are any (``gpus``); else where its ``device`` setting says, ``auto`` being the CPU."""
-    return "cuda" if gpus or config.device.startswith("cuda") else "cpu"
-
-
 def summary(final: dict[str, float]) -> str:
-    """A run's final training error (over the last 390 steps where logged) and last test error."""
+    """A run's final training error (over the last 390 steps where logged) and last test error; for
+    an ImageNet run, its last training and validation errors and its 10-crop top-1 error."""
     if not final:
         return ""
+    if "final_top1_error_10crop" in final:
+        return (f"train_error {final['train_error']:.2f}%  val_error {final['val_error']:.2f}%  "
+                f"10-crop top-1 {final['final_top1_error_10crop']:.2f}%")
     train_error = final.get("final_train_error", final.get("train_error", float("nan")))
     return f"final train_error {train_error:.2f}%  test_error {final.get('test_error', float('nan')):.2f}%"
 
@@ -143,7 +143,7 @@ def plan(cells: tuple[Cell, ...] | list[Cell], gpus: list[int], uri: str,
             outcomes[cell.name] = CellOutcome(cell, INVALID, message=cell.error or "invalid parameters")
             print(f"  invalid  {cell.name}: {cell.error}", flush=True)
             continue
-        cell = replace(cell, config=cell.config.resolved_for(device_type(cell.config, gpus)))
+        cell = replace(cell, config=cell.config.resolved_for(cell.config.device_type(bool(gpus))))
         finished = cell_runs(experiment, cell.config, uri).finished
         if finished is not None:
             outcomes[cell.name] = CellOutcome(cell, SKIPPED, run_id=finished.info.run_id, final=finished.data.metrics)
@@ -209,8 +209,14 @@ def close_parent(uri: str, result: StudyOutcome, seconds: float) -> None:
 
 
 def warm_data_cache(pending: list[Cell]) -> None:
-    """Decode (or download) each data source once here, so parallel cells all start from the cache."""
-    for source in dict.fromkeys(cell.config.data for cell in pending):
+    """Decode (or download) each CIFAR-10 source once here, so parallel cells all start from the
+    cache; read each ImageNet folder (unpacking the official archives once), so that a DATA that
+    cannot be read stops the study before any cell starts."""
+    for source, imagenet in dict.fromkeys((cell.config.data, isinstance(cell.config, ImageNetConfig))
+                                          for cell in pending):
         if not source.startswith("synthetic"):
             print(f"  preparing data from {source} ...", flush=True)
-            load_cifar10(source)
+            if imagenet:
+                open_imagenet(source)
+            else:
+                load_cifar10(source)

@@ -1,4 +1,5 @@
-"""Run pending cells on this machine: each cell is ``notebooks/train.ipynb`` executed by papermill
+"""Run pending cells on this machine: each cell is its notebook (``notebooks/train.ipynb``, or
+``train_imagenet.ipynb`` for an ImageNet cell) executed by papermill
 in its own process, ``jobs`` at a time, spread over the given GPUs, under the study's parent run.
 The local executor runs a whole study through ``CellPool.run``; each Slurm job runs its shard of
 cells through it.
@@ -17,12 +18,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 import yaml
 
+from ..config import TrainConfig
 from ..measures import count_multiply_adds
 from ..models import build_model
 from ..paths import project_root
@@ -39,6 +41,7 @@ class _Running:
     step_before: int
     started: float
     echoed: int = 0  # bytes of the log already looked at for epoch lines
+    seen: set[str] = field(default_factory=set)  # the epoch lines passed on
 
 
 class CellPool:
@@ -48,10 +51,8 @@ class CellPool:
     ``stop()`` asks every running cell to stop cleanly (its run marked KILLED, its last epoch
     checkpoint kept) and waits for it; the pool then reports itself interrupted."""
 
-    def __init__(self, uri: str, experiment: str, parent: str, jobs: int, gpus: list[int], *, output_dir: Path,
-                 notebook: Path | None = None):
+    def __init__(self, uri: str, experiment: str, parent: str, jobs: int, gpus: list[int], *, output_dir: Path):
         self.uri, self.experiment, self.parent, self.jobs, self.gpus = uri, experiment, parent, jobs, gpus
-        self.notebook = notebook or project_root() / "notebooks" / "train.ipynb"
         self.output_dir = output_dir
         self.running: dict[str, _Running] = {}
         self.outcomes: dict[str, CellOutcome] = {}
@@ -83,8 +84,9 @@ class CellPool:
                 while queue and len(self.running) < self.jobs and not self.interrupted:
                     cell = queue.pop(0)
                     runs = cell_runs(self.experiment, cell.config, self.uri)
-                    gpu = next(slots) if slots else None
-                    process, log = _launch(cell, self.notebook, self.output_dir, self.uri, self.parent, gpu)
+                    # A one-process cell gets one GPU of its own; a data-parallel one sees every GPU here.
+                    gpu = next(slots) if slots and cell.config.processes == 1 else None
+                    process, log = _launch(cell, self.output_dir, self.uri, self.parent, gpu)
                     self.running[cell.name] = _Running(process, cell, log, runs.last_step, time.perf_counter())
                     say(f"  start    {cell.name}{f' on GPU {gpu}' if gpu is not None else ''}"
                         f"{' (resuming)' if runs.resuming else ''}")
@@ -250,10 +252,10 @@ class _TimeLeft:
         return f"about {seconds / 60:.1f} min left"
 
 
-def _launch(cell: Cell, notebook: Path, output_dir: Path, uri: str, parent: str, gpu: int | None):
+def _launch(cell: Cell, output_dir: Path, uri: str, parent: str, gpu: int | None):
     parameters = {**cell.parameters, "precision": cell.config.precision, "tracking_uri": uri, "parent_run_id": parent,
                   "progress": False}
-    if gpu is not None:
+    if gpu is not None and isinstance(cell.config, TrainConfig):
         parameters["device"] = "cuda"
     parameter_file = output_dir / f"{cell.name}.parameters.yaml"
     parameter_file.write_text(yaml.safe_dump(parameters, sort_keys=False))
@@ -261,6 +263,7 @@ def _launch(cell: Cell, notebook: Path, output_dir: Path, uri: str, parent: str,
     environment = cell_environment()
     if gpu is not None:
         environment["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    notebook = project_root() / "notebooks" / cell.notebook
     command = [sys.executable, "-m", "resnet.studies.papermill_cell", str(notebook),
                str(output_dir / f"{cell.name}.ipynb"), "-f", str(parameter_file), "--cwd", str(project_root()),
                "-k", "python3", "--log-output", "--no-progress-bar"]
@@ -293,8 +296,13 @@ def _new_epoch_lines(log: Path, running: _Running) -> list[str]:
     complete = text[:text.rfind(b"\n") + 1]  # a line still being written waits for the next look
     running.echoed += len(complete)
     name = running.cell.name
-    return [line for line in complete.decode(errors="replace").splitlines()
-            if line.startswith(f"{name} epoch ") or line.startswith(f"resuming {name} ")]
+    lines = [line for line in complete.decode(errors="replace").splitlines()
+             if line.startswith(f"{name} epoch ") or line.startswith(f"resuming {name} ")]
+    # A data-parallel cell's rank 0 writes to the kernel's own stdout, which ipykernel both forwards to
+    # the notebook and echoes, so the log holds its lines twice: each is passed on once.
+    fresh = [line for line in dict.fromkeys(lines) if line not in running.seen]
+    running.seen.update(fresh)
+    return fresh
 
 
 def _failure_reason(notebook: Path, log: Path, run) -> str:

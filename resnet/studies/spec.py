@@ -12,9 +12,10 @@ from typing import Any
 import yaml
 
 from ..config import ABLATION_SETTINGS, ConfigError, TrainConfig
+from ..imagenet_config import ImageNetConfig
 from ..paths import project_root
 
-STUDY_KEYS = {"description", "defaults", "grid", "profiles", "default_profile", "extends"}
+STUDY_KEYS = {"description", "dataset", "defaults", "grid", "profiles", "default_profile", "extends"}
 # A profile: its seeds, the settings it gives every cell, optionally which models of the grid it runs
 # (``models``), whether it runs the grid's ablations (``ablations``, default true: cells that set one of
 # ``config.ABLATION_SETTINGS``) and how many cells run at once (``jobs``) where the command line does not say.
@@ -23,6 +24,10 @@ LIST_VALUED_PARAMETERS = {"milestones"}  # a list here is one value, not a set o
 # A batch-128 CIFAR run leaves a large GPU mostly idle: the local executor puts this many cells on
 # each GPU at once, and each Slurm job (one GPU) runs this many at once.
 CELLS_PER_GPU = 4
+
+
+# What a study trains (its ``dataset`` key): each cell's configuration and the notebook that runs it.
+DATASETS = {"cifar10": (TrainConfig, "train.ipynb"), "imagenet": (ImageNetConfig, "train_imagenet.ipynb")}
 
 
 class StudyError(ValueError):
@@ -44,8 +49,9 @@ def available_studies(folder: Path | None = None) -> list[str]:
 class Cell:
     name: str
     parameters: dict[str, Any]  # what the notebook receives
-    config: TrainConfig | None  # None when the parameters are invalid
+    config: TrainConfig | ImageNetConfig | None  # None when the parameters are invalid
     error: str | None = None
+    notebook: str = "train.ipynb"  # under notebooks/
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,10 @@ def load_study(name: str, profile: str | None = None, data: str | None = None, f
     seeds = seeds if seeds is not None else chosen.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise StudyError(f"profile {profile!r}: seeds must be a list of whole numbers, got {seeds!r}")
+    dataset = definition.get("dataset", "cifar10")
+    if dataset not in DATASETS:
+        raise StudyError(f"study {name!r}: unknown dataset {dataset!r}; legal datasets: {', '.join(DATASETS)}")
+    config_class, notebook = DATASETS[dataset]
     grid = definition.get("grid")
     if not isinstance(grid, list) or not grid:
         raise StudyError(f"study {name!r}: 'grid' must be a non-empty list of parameter maps")
@@ -140,7 +150,7 @@ def load_study(name: str, profile: str | None = None, data: str | None = None, f
                 if data is not None:
                     parameters["data"] = data
                 try:
-                    config = TrainConfig.from_mapping(parameters)
+                    config = config_class.from_mapping(parameters)
                     cell_name, error = config.run_name, None
                 except ConfigError as problem:
                     config, error = None, str(problem)
@@ -152,7 +162,7 @@ def load_study(name: str, profile: str | None = None, data: str | None = None, f
                 names.add(cell_name)
                 parameters.update(cell=cell_name, run_name=cell_name)
                 if config is not None:
-                    config = TrainConfig.from_mapping(parameters)
-                cells.append(Cell(cell_name, parameters, config, error))
+                    config = config_class.from_mapping(parameters)
+                cells.append(Cell(cell_name, parameters, config, error, notebook))
     return Study(name, profile, str(definition.get("description", "")).strip(),
                  str(chosen.get("description", "")).strip(), tuple(cells), definition, jobs)
