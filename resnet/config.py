@@ -150,18 +150,7 @@ class TrainConfig:
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from plain values (notebook parameters, YAML), rejecting unknown or mistyped keys."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = [key for key in values if key not in known]
-        if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, known, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ConfigError(f"unknown parameter {', '.join(hints)}; legal parameters: {', '.join(known)}")
-        defaults = cls()
-        coerced = {key: coerce_value(key, value, getattr(defaults, key), known[key].type)
-                   for key, value in values.items()}
-        return cls(**coerced)
+        return from_mapping(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -242,7 +231,19 @@ def identity_hash(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def coerce_value(key: str, value: Any, default: Any, annotation: str) -> Any:
+def from_mapping(config_class: type, values: dict[str, Any]):
+    """A settings dataclass (``TrainConfig``, ``ImageNetConfig``) from plain values: an unknown key is
+    an error naming the nearest legal one and listing them all; each value is coerced to its field's type."""
+    known = {f.name: f for f in fields(config_class)}
+    unknown = [key for key in values if key not in known]
+    if unknown:
+        hints = [f"{key!r}" + "".join(f" (did you mean {close!r}?)" for close in
+                                      difflib.get_close_matches(key, known, n=1)) for key in unknown]
+        raise ConfigError(f"unknown parameter {', '.join(hints)}; legal parameters: {', '.join(known)}")
+    return config_class(**{key: coerce_value(key, value, known[key].type) for key, value in values.items()})
+
+
+def coerce_value(key: str, value: Any, annotation: str) -> Any:
     """A setting's value from its natural spellings (``"0.1"``, ``"true"``, ``"30 60"``) for the type
     its dataclass field declares; anything else is a ``ConfigError`` naming ``key``."""
     optional = "None" in annotation

@@ -10,12 +10,11 @@ the learning rate linearly (Goyal et al. 2017): ``effective_lr``.
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import paper
-from .config import PRECISIONS, ConfigError, coerce_value, identity_hash, resolve_precision
+from .config import PRECISIONS, ConfigError, from_mapping, identity_hash, resolve_precision
 from .models import architecture, resolve_shortcut
 
 IMAGENET_BATCH_SIZE = 256  # section 3.4: "SGD with a mini-batch size of 256"
@@ -86,14 +85,7 @@ class ImageNetConfig:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> ImageNetConfig:
-        known = {f.name: f for f in fields(cls)}
-        unknown = [key for key in values if key not in known]
-        if unknown:
-            hints = [f"{key!r}" + "".join(f" (did you mean {close!r}?)" for close in
-                                          difflib.get_close_matches(key, known, n=1)) for key in unknown]
-            raise ConfigError(f"unknown parameter {', '.join(hints)}; legal parameters: {', '.join(known)}")
-        return cls(**{key: coerce_value(key, value, known[key].default, known[key].type)
-                      for key, value in values.items()})
+        return from_mapping(cls, values)
 
     @property
     def effective_lr(self) -> float:

@@ -122,6 +122,7 @@ class _Training:
                                                          num_classes=len(self.data.classes)))
         self.description = {"parameters": count_parameters(network), "multiply_adds": count_multiply_adds(
             network, image_size=config.crop)}
+        self.network = network  # the model itself, for the checkpoint and the 10-crop test
         self.model = DistributedDataParallel(network) if world.size > 1 else network
         self.lr = torch.tensor(config.lr_at_epoch(1), device=world.device)
         self.optimizer = SGD(self.model.parameters(), self.lr, config.momentum, config.weight_decay)
@@ -227,10 +228,9 @@ class _Training:
     def _ten_crop(self) -> dict[str, float]:
         """Tables 2 and 3: top-1 and top-5 error of the 10-crop test over every validation image."""
         view = ImageNetImages(self._mine(self.val_items), ten_crop_views, sizes=self.sizes)
-        network = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
         hits = torch.zeros(3, device=self.world.device, dtype=torch.float64)  # top-1 and top-5 hits, images
         for crops, labels in DataLoader(view, batch_size=max(1, self.per_rank // 10), num_workers=self.config.workers):
-            scores = ten_crop_scores(network, crops, self.normalise, self.precision)
+            scores = ten_crop_scores(self.network, crops, self.normalise, self.precision)
             hits += torch.cat([top_hits(scores, labels), hits.new_tensor([len(labels)])])
         top1, top5, count = sum_over_ranks(hits).tolist()
         return {"final_top1_error_10crop": 100.0 * (1 - top1 / count),
@@ -242,8 +242,7 @@ class _Training:
         if not path.is_file():
             return _State()
         saved = torch.load(path, map_location=self.world.device, weights_only=False)
-        network = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
-        network.load_state_dict(saved["model"])
+        self.network.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         if self.world.is_main:
             print(f"resuming {self.config.run_name} at epoch {len(saved['history']) + 1}/{self.config.epochs} "
@@ -251,9 +250,8 @@ class _Training:
         return _State(saved["history"], saved["step"], saved["run_id"])
 
     def _save(self, state: _State) -> None:
-        network = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
         buffer = io.BytesIO()
-        torch.save({"model": network.state_dict(), "optimizer": self.optimizer.state_dict(),
+        torch.save({"model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "history": state.history,
                     "step": state.step, "run_id": state.run_id, "config": self.config.to_dict()}, buffer)
         atomic_write_bytes(Path(self.cell.checkpoint), buffer.getvalue())
