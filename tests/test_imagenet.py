@@ -14,6 +14,7 @@ from resnet.imagenet import OFFICIAL_ARCHIVES, load_rgb, open_imagenet
 from resnet.training.engine import Normalisation, Precision
 from resnet.training.imagenet_input import (
     ImageNetImages,
+    ViewSizes,
     centre_view,
     lighting,
     mean_image,
@@ -113,18 +114,21 @@ def test_the_training_view_is_a_224_crop_of_the_image_rescaled_to_a_shorter_side
 
 
 def test_the_training_view_is_the_crop_of_the_flip_when_the_draw_says_flip():
+    # Scale fixed at the image's own 256: no resampling, so each view is an exact slice of the image.
+    sizes = ViewSizes(crop=224, scale_min=256, scale_max=256, test_size=256)
     image = _image((256, 256), seed=3)
     original = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    flips = []
     for seed in range(20):
         generator = torch.Generator().manual_seed(seed)
-        shorter = int(torch.randint(256, 481, (), generator=generator))
-        top = int(torch.randint(0, shorter - 224 + 1, (), generator=generator))
-        left = int(torch.randint(0, shorter - 224 + 1, (), generator=generator))
-        flipped = float(torch.rand((), generator=generator)) < 0.5
-        view = training_view(image, torch.Generator().manual_seed(seed))
-        if shorter == 256:  # no resampling: the crop is exact
-            crop = original[:, top:top + 224, left:left + 224]
-            assert torch.equal(view, crop.flip(2) if flipped else crop)
+        torch.randint(256, 257, (), generator=generator)  # the scale draw
+        top = int(torch.randint(0, 256 - 224 + 1, (), generator=generator))
+        left = int(torch.randint(0, 256 - 224 + 1, (), generator=generator))
+        flips.append(float(torch.rand((), generator=generator)) < 0.5)
+        crop = original[:, top:top + 224, left:left + 224]
+        view = training_view(image, torch.Generator().manual_seed(seed), sizes)
+        assert torch.equal(view, crop.flip(2) if flips[-1] else crop), seed
+    assert 0 < sum(flips) < len(flips)  # both branches taken
 
 
 def test_ten_crops_are_the_four_corners_and_centre_of_the_image_and_its_mirror():
