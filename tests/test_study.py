@@ -148,7 +148,7 @@ def test_killed_study_resumes_without_redoing_finished_cells(store, tmp_path):
 
 def test_study_definition_errors_name_the_legal_values(tmp_path):
     with pytest.raises(
-        StudyError, match="unknown study 'degredation'; available studies: cifar-depth, degradation, smoke"
+        StudyError, match="unknown study 'degredation'; available studies: cifar-depth, degradation, imagenet, smoke"
     ):
         load_study("degredation")
     with pytest.raises(StudyError, match="has no profile 'fast'; legal profiles: quick, full"):
