@@ -39,6 +39,13 @@ IMAGENET_TOP1_ERROR = {
     ("resnet34", "B"): (24.52, "Table 3"),
     ("resnet34", "C"): (24.19, "Table 3"),
 }
+# ImageNet top-5 error (%, 10-crop testing), Table 3 (Table 2 gives top-1 only).
+IMAGENET_TOP5_ERROR = {
+    ("plain34", "none"): 10.02,
+    ("resnet34", "A"): 7.76,
+    ("resnet34", "B"): 7.46,
+    ("resnet34", "C"): 7.40,
+}
 # CIFAR-10 test error (%), Table 6. ResNet-110 is reported as the best of 5 runs (6.43) with the
 # mean and std of those runs beside it ("6.61 +- 0.16").
 CIFAR_TEST_ERROR = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97, "resnet110": 6.43}

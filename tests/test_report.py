@@ -4,6 +4,7 @@ paper's figures, early instability, provenance, self-containment, the committed 
 import base64
 import re
 import shutil
+from html import unescape
 
 import pandas as pd
 import pytest
@@ -14,7 +15,7 @@ from scipy import stats
 from resnet.measures import count_multiply_adds, count_parameters
 from resnet.models import build_model
 from resnet.report.build import build_report, main
-from resnet.report.results import collect_runs, read_csv
+from resnet.report.results import IMAGENET_METRICS, collect_runs, read_csv
 from resnet.report.statistics import judge
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store
@@ -355,3 +356,113 @@ def test_verdicts_by_length_read_each_epoch_boundary_as_a_run_stopped_there():
     settled = table.iloc[:3]
     assert length_note(settled, ("plain-56", "ResNet-56 (A)"), "better").endswith(
         "first reads Yes at iteration 30, and at every boundary from 30 to the last (30) (n = 3 seeds).")
+
+
+IMAGENET_EPOCHS = 3
+IMAGENET_STEPS_PER_EPOCH = 5005  # 1,281,167 images at a global batch of 256
+
+
+def _make_imagenet_store(uri: str, finals: dict, profile: str = "full", world_size: int = 8,
+                         cut: str = "none") -> None:
+    """``finals``: {(model, shortcut): [final training error per seed]}. Each run logs per-epoch
+    curves ending there (centre-crop validation error = train error + 2), and 10-crop top-1 = train
+    error + 1, top-5 = train error / 3, as an ImageNet cell records them."""
+    client = mlflow_store.client(mlflow_store.prepare_store(uri))
+    experiment = mlflow_store.experiment_id("imagenet", uri)
+    parent = client.create_run(experiment, run_name=f"imagenet-{profile}",
+                               tags={keys.ROLE_TAG: keys.ROLE_STUDY, keys.PROFILE_TAG: profile}).info.run_id
+    for (model, shortcut), values in finals.items():
+        for seed, final in enumerate(values):
+            name = f"{model}{'-' + shortcut if shortcut != 'none' else ''}-s{seed}"
+            run_id = mlflow_store.create_run(client, experiment, name, {
+                keys.ROLE_TAG: keys.ROLE_CELL, keys.PARENT_TAG: parent, keys.MODEL_TAG: model,
+                keys.SHORTCUT_TAG: shortcut, keys.SEED_TAG: str(seed), keys.CELL_TAG: name,
+                keys.DEVICE_TAG: "NVIDIA H100 80GB HBM3",
+                keys.DATA_DESCRIPTION_TAG: "imagenet/ (image folder: 1000 classes, 1,281,167 training and 50,000 "
+                                           "validation images)",
+                keys.GIT_COMMIT_TAG: "0123456789abcdef", keys.GIT_DIRTY_TAG: "false",
+            }, {"parameters": 21_797_672, "multiply_adds": 3_600_000_000, "batch_size": 256, "epochs": IMAGENET_EPOCHS,
+                "precision": "bf16", "normalisation": "per-pixel", "schedule": "multistep", "world_size": world_size,
+                "backend": "nccl", "per_process_batch": 256 // world_size, "effective_lr": 0.1,
+                "decoder": "PIL on the CPU, in DataLoader worker processes", "cut_from_the_recipe": cut})
+            metrics = []
+            for epoch in range(1, IMAGENET_EPOCHS + 1):
+                value = final + 10.0 * (IMAGENET_EPOCHS - epoch)
+                metrics += [Metric("train_error", value, 0, epoch), Metric("val_error", value + 2, 0, epoch),
+                            Metric("val_top5_error", value / 3, 0, epoch), Metric("train_loss", value / 20, 0, epoch),
+                            Metric("val_loss", value / 18, 0, epoch), Metric("lr", 0.1, 0, epoch),
+                            Metric("step", epoch * IMAGENET_STEPS_PER_EPOCH, 0, epoch)]
+            metrics += [Metric("final_top1_error_10crop", final + 1, 0, IMAGENET_EPOCHS),
+                        Metric("final_top5_error_10crop", final / 3, 0, IMAGENET_EPOCHS)]
+            client.log_batch(run_id, metrics=metrics)
+            client.set_terminated(run_id, keys.STATUS_FINISHED)
+
+
+# plain-34 minus plain-18: +1.0, +1.2, +0.8; ResNet-34 (A) minus plain-34: -3.0, -3.1, -2.9; ResNet-34 (A)
+# minus ResNet-18 (A): -2.0, -2.2, -1.8.
+IMAGENET_FINALS = {("plain18", "none"): [20.0, 20.1, 20.2], ("plain34", "none"): [21.0, 21.3, 21.0],
+                   ("resnet18", "A"): [20.0, 20.1, 19.9], ("resnet34", "A"): [18.0, 18.2, 18.1],
+                   ("resnet34", "B"): [17.5, 17.6, 17.4], ("resnet34", "C"): [17.4, 17.5, 17.3]}
+
+
+def test_imagenet_runs_give_figure_4_tables_2_and_3_and_the_three_verdicts_with_their_intervals(store, tmp_path):
+    _make_imagenet_store(store, IMAGENET_FINALS)
+    output = tmp_path / "report.html"
+    assert main(["--tracking-uri", store, "--output", str(output), "--csv", str(tmp_path / "all.csv")]) == 0
+    html = unescape(output.read_text())
+    assert re.findall(r"<h2>([^<]+)</h2>", html) == ["The paper's own experiment: ImageNet (Figure 4, Tables 2 and 3)"]
+    assert "Here on\nImageNet, with the paper's recipe." in html
+    assert (tmp_path / "figures" / "figure4-imagenet.png").is_file()
+    frame = collect_runs("imagenet", store, metrics=IMAGENET_METRICS)
+    report = build_report(frame.iloc[0:0], imagenet=frame)
+    assert list(report.verdicts) == ["imagenet-degradation", "imagenet-shortcuts-A", "imagenet-depth-A"]
+    expected = {"imagenet-degradation": ("plain18", "none", "plain34", "none"),
+                "imagenet-shortcuts-A": ("plain34", "none", "resnet34", "A"),
+                "imagenet-depth-A": ("resnet18", "A", "resnet34", "A")}
+    for key, (model_1, option_1, model_2, option_2) in expected.items():
+        verdict = report.verdicts[key]
+        first, second = IMAGENET_FINALS[(model_1, option_1)], IMAGENET_FINALS[(model_2, option_2)]
+        interval = stats.ttest_rel(second, first).confidence_interval(0.95)
+        assert verdict.answer == "Yes" and verdict.difference.n == 3
+        assert verdict.difference.low == pytest.approx(interval.low)
+        assert verdict.difference.high == pytest.approx(interval.high)
+        _paragraph_checks(verdict.sentence, "Yes", 3)
+        assert f"<p class=\"verdict yes\">{verdict.sentence}" in unescape(report.html)
+    assert report.verdicts["imagenet-degradation"].sentence.startswith(
+        "Yes: plain-34 trains worse than plain-18 (the degradation problem).")
+    # Tables 2 and 3: ours (10-crop = final + 1, top-5 = final / 3) beside the paper's.
+    assert ("<tr><td>plain-34</td><td>22.10 ± 0.17 (n = 3)</td><td>28.54 (Tables 2, 3)</td><td>7.03 ± 0.06 (n = 3)"
+            "</td><td>10.02 (Table 3)</td><td>21.10 ± 0.17</td><td>23.10 ± 0.17</td><td>21,797,672</td></tr>") in html
+    assert "<td>ResNet-18 (A)</td><td>21.00 ± 0.10 (n = 3)</td><td>27.88 (Table 2)</td>" in html
+    assert "<td>ResNet-34 (C)</td><td>18.40 ± 0.10 (n = 3)</td><td>24.19 (Table 3)</td>" in html
+    # Provenance: the world, the batches, the devices, the decoder, the data by count and layout; no cut.
+    assert ("World size 8 per cell; 8 x NVIDIA H100 80GB HBM3 (nccl); global batch 256,\n32 per process"
+            in html.replace("Data-parallel: world", "World"))
+    assert "Decoder: PIL on the CPU, in DataLoader worker processes; precision bf16." in html
+    assert "Data: imagenet/ (image folder: 1000 classes, 1,281,167 training and 50,000 validation images)." in html
+    assert "Cut from the paper's recipe: nothing (the paper's recipe)." in html
+    assert "15,015 iterations (3 epochs)" in html and 'class="warning">Cut from' not in html
+    # The CSV holds the ImageNet runs and rebuilds the same numbers.
+    rebuilt = tmp_path / "rebuilt.html"
+    assert main(["--from-csv", str(tmp_path / "all.csv"), "--output", str(rebuilt)]) == 0
+    rebuilt_html = unescape(rebuilt.read_text())
+    assert "<td>ResNet-18 (A)</td><td>21.00 ± 0.10 (n = 3)</td><td>27.88 (Table 2)</td>" in rebuilt_html
+
+
+def test_one_imagenet_seed_is_not_decided_with_its_numbers_and_a_cut_recipe_is_named_beside_them(store, tmp_path):
+    one_seed = {network: values[:1] for network, values in IMAGENET_FINALS.items() if network[1] != "C"}
+    cut = "global batch 16, lr 0.00625 by linear scaling; 2 epochs, lr / 10 at epochs 1"
+    _make_imagenet_store(store, one_seed, profile="one-seed", world_size=2, cut=cut)
+    frame = collect_runs("imagenet", store, metrics=IMAGENET_METRICS)
+    report = build_report(frame.iloc[0:0], imagenet=frame)
+    assert [v.answer for v in report.verdicts.values()] == ["Not decided"] * 3
+    assert report.verdicts["imagenet-degradation"].sentence == (
+        "Not decided: plain-34 trains worse than plain-18 (the degradation problem). plain-34's final training error "
+        "is 1.00 points higher than plain-18's in the one seed both have; one seed gives no spread to judge it by: "
+        "95% CI undefined, n = 1 seeds.")
+    html = unescape(report.html)
+    assert f'<p class="warning">Cut from the paper\'s recipe (section 3.4) in these runs: {cut}.' in html
+    assert "the linear scaling rule, Goyal et al. 2017" in html
+    assert html.count(cut) == 5  # the warning, the figure's caption (and its alt text), the table's note, provenance
+    assert "<td>ResNet-34 (C)</td><td>not run</td><td>24.19 (Table 3)</td>" in html
+    assert '<li class="gap">ResNet-34 (C): not run</li>' in html

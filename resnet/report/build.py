@@ -3,7 +3,8 @@
 With degradation-study runs the page leads with the paper's Figure 4 on CIFAR-10 (plain-18/34 and
 ResNet-18/34 with option A, against iterations), then the verdicts, options B and C, the early
 instability of option A, the paper's Figure 7, and provenance. With only cifar-depth runs it leads
-with the paper's Figure 6 and its verdicts.
+with the paper's Figure 6 and its verdicts. Runs of the ImageNet study (``--imagenet-study``) add the
+paper's own Figure 4, Tables 2 and 3 and their verdicts (``imagenet.py``).
 
 The numbers come from ``results.py`` (MLflow or ``--from-csv``), the verdicts from ``statistics.py``,
 the figures from ``figures.py``; the page's words and layout live in ``templates/report.html.j2``.
@@ -24,9 +25,11 @@ from ..paths import project_root
 from ..tracking import store
 from . import sections
 from .figures import Figure, curves_figure, figure7
+from .imagenet import imagenet_section
 from .results import (
     CIFAR_DEPTH_NETWORKS,
     DEGRADATION_NETWORKS,
+    IMAGENET_METRICS,
     best_runs,
     collect_runs,
     label,
@@ -35,20 +38,10 @@ from .results import (
     uses_last_epoch,
     write_csv,
 )
-from .sections import PLAIN, A, B
+from .sections import DEGRADATION_CLAIMS, PLAIN, A
 from .statistics import CONFIDENCE, Verdict, judge, t_multiplier
 
 DEFAULT_UI = "http://127.0.0.1:5000"
-# The paper's three claims on the degradation study (section 4.1), each (reference, subject, claim, note).
-DEGRADATION_CLAIMS = {
-    "degradation": (("plain18", PLAIN), ("plain34", PLAIN), "worse", "the degradation problem"),
-    "shortcuts-A": (("plain34", PLAIN), ("resnet34", A), "better", "option A, the paper's Figure 4 and Table 2"),
-    "depth-A": (("resnet18", A), ("resnet34", A), "better", "option A, the paper's Figure 4 and Table 2"),
-    "shortcuts-B": (("plain34", PLAIN), ("resnet34", B), "better", "option B"),
-    "depth-B": (("resnet18", B), ("resnet34", B), "better", "option B"),
-}
-
-
 class ReportError(RuntimeError):
     """Nothing to report; the message says what to run first."""
 
@@ -61,17 +54,18 @@ class Report:
 
 
 def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = None,
-                 ui_base: str = DEFAULT_UI) -> Report:
+                 ui_base: str = DEFAULT_UI, imagenet: pd.DataFrame | None = None) -> Report:
     """The whole report from per-epoch tables (see :func:`resnet.report.results.collect_runs`)."""
     cifar_depth = cifar_depth if cifar_depth is not None else degradation.iloc[0:0]
-    if degradation.empty and cifar_depth.empty:
+    imagenet = imagenet if imagenet is not None else degradation.iloc[0:0]
+    if degradation.empty and cifar_depth.empty and imagenet.empty:
         raise ReportError("no runs to report: run a study first (make reproduce), "
                           "or point --tracking-uri at a store that has them")
-    degradation, cifar_depth = best_runs(degradation), best_runs(cifar_depth)
+    degradation, cifar_depth, imagenet = best_runs(degradation), best_runs(cifar_depth), best_runs(imagenet)
     figures: list[Figure] = []
     verdicts: dict[str, Verdict] = {}
     context: dict[str, Any] = {"smoke": "smoke" in set(degradation["study"]), "degradation": None,
-                               "cifar_depth": None, "guessing_loss": sections.GUESSING_LOSS,
+                               "cifar_depth": None, "imagenet": None, "guessing_loss": sections.GUESSING_LOSS,
                                "confidence": f"{CONFIDENCE:.0%}", "t_widths": {n: t_multiplier(n) for n in (2, 3)}}
     if not degradation.empty:
         paper_figure = curves_figure(
@@ -130,8 +124,12 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
             "networks": ", ".join(label(*n) for n in networks),
             "laptop": set(cifar_depth["profile"]) == {"laptop"},
         }
-    reported = pd.concat([f for f in (degradation, cifar_depth) if not f.empty])
-    context["provenance"] = sections.provenance(reported, ui_base)
+    if not imagenet.empty:
+        context["imagenet"], imagenet_figures, imagenet_verdicts = imagenet_section(imagenet, ui_base)
+        figures += imagenet_figures
+        verdicts.update(imagenet_verdicts)
+    cifar = [f for f in (degradation, cifar_depth) if not f.empty]
+    context["provenance"] = sections.provenance(pd.concat(cifar), ui_base) if cifar else None
     return Report(_template().render(**context), figures, verdicts)
 
 
@@ -176,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     option("--study", default="auto",
            help="degradation-grid study in MLflow (auto: degradation if it has runs; none if only cifar-depth has; "
                 "else smoke). cifar-depth runs always join the page")
+    option("--imagenet-study", default="imagenet", help="the ImageNet study in MLflow; its runs join the page")
     option("--profile", default=None, help="which profile's runs (default: the most recent)")
     option("--tracking-uri", default=None)
     option("--from-csv", default=None, help="build from a per-epoch CSV written by --csv instead of MLflow")
@@ -189,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     ui_base = args.ui or DEFAULT_UI
     if args.from_csv:
         table = read_csv(args.from_csv)
-        degradation = table[table["study"] != "cifar-depth"]
+        imagenet = table[table["study"] == args.imagenet_study]
+        degradation = table[~table["study"].isin(["cifar-depth", args.imagenet_study])]
         cifar_depth = table[table["study"] == "cifar-depth"]
     else:
         uri = store.resolve_tracking_uri(args.tracking_uri)
@@ -198,14 +198,15 @@ def main(argv: list[str] | None = None) -> int:
         study = _default_study(uri) if args.study == "auto" else args.study
         cifar_depth = collect_runs("cifar-depth", uri, args.profile if study is None else None)
         degradation = collect_runs(study, uri, args.profile) if study else cifar_depth.iloc[0:0]
+        imagenet = collect_runs(args.imagenet_study, uri, metrics=IMAGENET_METRICS)
     try:
-        report = build_report(degradation, cifar_depth, ui_base=ui_base)
+        report = build_report(degradation, cifar_depth, ui_base=ui_base, imagenet=imagenet)
     except ReportError as error:
         print(f"report: {error}", file=sys.stderr)
         return 1
     output = write_report(report, Path(args.output), Path(args.figures_dir) if args.figures_dir else None)
     if args.csv:
-        write_csv([degradation, cifar_depth], args.csv)
+        write_csv([degradation, cifar_depth, imagenet], args.csv)
     print(f"report written to {output}")
     for verdict in report.verdicts.values():
         print(f"  {verdict.sentence}")

@@ -13,8 +13,11 @@ from .results import label, network_rows
 
 # One colour per curve in a panel, in order: the shallower net blue and the deeper red, as the paper's Figure 4.
 PANEL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-# The paper draws training error thin and test error bold (Figures 4 and 6).
-LINE_WIDTHS = {"train_error": 1.0, "test_error": 2.6}
+# The paper draws training error thin and test (CIFAR-10) or validation (ImageNet) error bold (Figures 4 and 6).
+THIN, BOLD = 1.0, 2.6
+# The bold curve's metric, and its name in the legend: CIFAR-10's test error, ImageNet's centre-crop validation error.
+TEST_CURVE = ("test_error", "test")
+VALIDATION_CURVE = ("val_error", "val")
 
 
 @dataclass
@@ -26,13 +29,13 @@ class Figure:
 
 
 def curves_figure(frame: pd.DataFrame, panels: list[tuple[str, list[tuple[str, str]]]], name: str,
-                  caption: str) -> Figure:
+                  caption: str, bold: tuple[str, str] = TEST_CURVE) -> Figure:
     """One panel per ``(title, networks)``: mean curves over seeds with a min-max band, against
-    iterations as the paper plots them."""
+    iterations as the paper plots them; training error thin, ``bold`` = (metric, legend name) bold."""
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), sharey=True, squeeze=False)
     for axis, (title, networks) in zip(axes[0], panels):
-        _curve_panel(axis, frame, networks, title)
+        _curve_panel(axis, frame, networks, title, bold)
     axes[0][0].set_ylabel("error (%)")
     figure.tight_layout()
     return _render(figure, name, caption)
@@ -75,8 +78,9 @@ def _layer_order(column: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", column))
 
 
-def _curve_panel(axis, frame: pd.DataFrame, networks: list[tuple[str, str]], title: str) -> list[str]:
-    """Mean curves over seeds with a min-max band; thin = train error, bold = test error."""
+def _curve_panel(axis, frame: pd.DataFrame, networks: list[tuple[str, str]], title: str,
+                 bold: tuple[str, str]) -> list[str]:
+    """Mean curves over seeds with a min-max band; thin = train error, bold = ``bold``'s metric."""
     gaps = []
     for colour, (model, shortcut) in zip(PANEL_COLOURS, networks):
         rows = network_rows(frame, model, shortcut).dropna(subset=["step"])
@@ -85,11 +89,10 @@ def _curve_panel(axis, frame: pd.DataFrame, networks: list[tuple[str, str]], tit
             gaps.append(name)
             continue
         seeds = rows["seed"].nunique()
-        for metric, width in LINE_WIDTHS.items():
+        for metric, width, kind in (("train_error", THIN, "train"), (bold[0], BOLD, bold[1])):
             grouped = rows.dropna(subset=[metric]).groupby("step")  # the test set may be evaluated less often
             mean = grouped[metric].mean()
-            kind = "train" if metric == "train_error" else "test"
-            count = f" ({seeds} seeds)" if metric == "test_error" and seeds > 1 else ""
+            count = f" ({seeds} seeds)" if width == BOLD and seeds > 1 else ""
             axis.plot(mean.index, mean.values, color=colour, linewidth=width, label=f"{name} {kind}{count}")
             if seeds > 1:
                 axis.fill_between(mean.index, grouped[metric].min().values, grouped[metric].max().values,

@@ -17,14 +17,21 @@ import pandas as pd
 
 from ..tracking import keys, store
 
-# Per-epoch metrics read from each run's history.
+# Per-epoch metrics read from each run's history: a CIFAR-10 run's, and an ImageNet run's (its
+# validation error on the centre crop, Figure 4's bold curves).
 METRICS = ("train_error", "test_error", "train_loss", "test_loss", "step", "lr", "max_step_loss")
-# Run-level metrics, by name prefix: the final training error and the Figure 7 statistics.
-RUN_METRIC_PREFIXES = ("final_train_error", "response_std_", "stage_std_")
+IMAGENET_METRICS = ("train_error", "train_loss", "val_error", "val_top5_error", "val_loss", "step", "lr")
+EVERY_METRIC = tuple(dict.fromkeys(METRICS + IMAGENET_METRICS))
+# Run-level metrics, by name prefix: the final training error, the Figure 7 statistics, and an
+# ImageNet run's 10-crop errors (Tables 2 and 3).
+RUN_METRIC_PREFIXES = ("final_train_error", "response_std_", "stage_std_", "final_top")
+# An ImageNet run's parameters that the page's provenance names (empty for a CIFAR-10 run).
+DATA_PARALLEL_PARAMS = ("world_size", "backend", "per_process_batch", "effective_lr", "decoder", "classes",
+                        "train_images", "val_images", "cut_from_the_recipe")
 RUN_COLUMNS = ["study", "profile", "run_id", "experiment_id", "cell", "model", "shortcut", "seed", "status",
                "failure_reason", "parameters", "multiply_adds", "schedule", "iterations", "epochs_planned",
                "batch_size", "precision", "normalisation", "device", "data_provenance", "data_description",
-               "git_commit", "git_dirty", "start_time"]
+               "git_commit", "git_dirty", "start_time", *DATA_PARALLEL_PARAMS]
 # The paper's grids, as (model, shortcut) pairs; "none" for plain nets. The shortcut column holds the
 # option as the page names the network: "A", or "A, zero-init" for the initialisation ablation
 # (keys.network_option), a network of its own.
@@ -35,8 +42,9 @@ CIFAR_DEPTH_NETWORKS = ([(f"plain{d}", "none") for d in (20, 32, 44, 56)]
                         + [(f"resnet{d}", "A") for d in (20, 32, 44, 56, 110)] + [("resnet56", ZERO_INIT_A)])
 
 
-def collect_runs(study: str, tracking_uri: str | None = None, profile: str | None = None) -> pd.DataFrame:
-    """Per-epoch metrics of the cell runs of ``study`` (one row per run and epoch).
+def collect_runs(study: str, tracking_uri: str | None = None, profile: str | None = None,
+                 metrics: tuple[str, ...] = METRICS) -> pd.DataFrame:
+    """Per-epoch ``metrics`` of the cell runs of ``study`` (one row per run and epoch).
 
     ``profile`` picks the parent run's profile; by default the most recently started profile.
     """
@@ -44,7 +52,7 @@ def collect_runs(study: str, tracking_uri: str | None = None, profile: str | Non
     mlflow_client = store.client(uri)
     experiment = mlflow_client.get_experiment_by_name(study)
     if experiment is None:
-        return pd.DataFrame(columns=RUN_COLUMNS + ["epoch", *METRICS])
+        return pd.DataFrame(columns=RUN_COLUMNS + ["epoch", *metrics])
     runs = mlflow_client.search_runs([experiment.experiment_id], max_results=5000,
                                      order_by=["attributes.start_time DESC"])
     parents = {r.info.run_id: r.data.tags.get(keys.PROFILE_TAG, "") for r in runs
@@ -62,14 +70,14 @@ def collect_runs(study: str, tracking_uri: str | None = None, profile: str | Non
         base = _run_row(run, study, run_profile, experiment.experiment_id)
         base.update({key: value for key, value in run.data.metrics.items() if key.startswith(RUN_METRIC_PREFIXES)})
         histories = {key: {m.step: m.value for m in mlflow_client.get_metric_history(run.info.run_id, key)}
-                     for key in METRICS}
+                     for key in metrics}
         epochs = sorted(set().union(*[set(h) for h in histories.values()]))
         if not epochs:
-            rows.append({**base, "epoch": math.nan, **{key: math.nan for key in METRICS}})
+            rows.append({**base, "epoch": math.nan, **{key: math.nan for key in metrics}})
         for epoch in epochs:
-            rows.append({**base, "epoch": epoch, **{key: histories[key].get(epoch, math.nan) for key in METRICS}})
+            rows.append({**base, "epoch": epoch, **{key: histories[key].get(epoch, math.nan) for key in metrics}})
     frame = pd.DataFrame(rows)
-    return frame.reindex(columns=RUN_COLUMNS + ["epoch", *METRICS] + _run_metric_columns(frame))
+    return frame.reindex(columns=RUN_COLUMNS + ["epoch", *metrics] + _run_metric_columns(frame))
 
 
 def _run_metric_columns(frame: pd.DataFrame) -> list[str]:
@@ -95,13 +103,14 @@ def _run_row(run, study: str, profile: str, experiment_id: str) -> dict:
         "data_description": tags.get(keys.DATA_DESCRIPTION_TAG, ""),
         "git_commit": tags.get(keys.GIT_COMMIT_TAG, ""), "git_dirty": tags.get(keys.GIT_DIRTY_TAG, ""),
         "start_time": started.isoformat(timespec="seconds"),
+        **{key: params.get(key, "") for key in DATA_PARALLEL_PARAMS},
     }
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
     """A table written by :func:`write_csv` (or by an earlier version of this report)."""
     head = pd.read_csv(path, nrows=0).columns
-    numeric = [c for c in head if c in METRICS + ("epoch",) or c.startswith(RUN_METRIC_PREFIXES)]
+    numeric = [c for c in head if c in EVERY_METRIC + ("epoch",) or c.startswith(RUN_METRIC_PREFIXES)]
     table = pd.read_csv(path, dtype={"shortcut": str, "run_id": str, "experiment_id": str}, keep_default_na=False,
                         na_values={c: [""] for c in numeric})
     recorded = [keys.recorded_settings({k: row[k] for k in ("schedule", "precision", "normalisation") if k in head},
@@ -110,7 +119,8 @@ def read_csv(path: str | Path) -> pd.DataFrame:
         table[key] = [settings[key] for settings in recorded]
     if "step" not in head:  # written before the step was read: epochs of full batches
         table["step"] = [_legacy_step(row) for row in table.to_dict("records")]
-    return table.reindex(columns=RUN_COLUMNS + ["epoch", *METRICS] + _run_metric_columns(table))
+    metrics = [c for c in EVERY_METRIC if c in METRICS or c in head]  # an ImageNet run's, when the CSV has them
+    return table.reindex(columns=RUN_COLUMNS + ["epoch", *metrics] + _run_metric_columns(table))
 
 
 def _legacy_step(row: dict) -> float:

@@ -20,6 +20,15 @@ from .statistics import Verdict, summarise, verdicts_by_length
 GUESSING_LOSS = math.log(10)  # cross-entropy of a uniform guess among ten classes: ln 10 = 2.30
 PLAIN, A, B = "none", "A", "B"
 
+# The paper's three claims on the degradation study (section 4.1), each (reference, subject, claim, note).
+DEGRADATION_CLAIMS = {
+    "degradation": (("plain18", PLAIN), ("plain34", PLAIN), "worse", "the degradation problem"),
+    "shortcuts-A": (("plain34", PLAIN), ("resnet34", A), "better", "option A, the paper's Figure 4 and Table 2"),
+    "depth-A": (("resnet18", A), ("resnet34", A), "better", "option A, the paper's Figure 4 and Table 2"),
+    "shortcuts-B": (("plain34", PLAIN), ("resnet34", B), "better", "option B"),
+    "depth-B": (("resnet18", B), ("resnet34", B), "better", "option B"),
+}
+
 
 def gap(text: str) -> Markup:
     return Markup('<span class="gap">{}</span>').format(text)

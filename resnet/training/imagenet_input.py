@@ -26,6 +26,9 @@ from ..imagenet import load_rgb
 from .engine import Normalisation, Precision
 
 CROPS_PER_IMAGE = 10  # the standard 10-crop test: 4 corners and the centre, and their mirrors
+# How this input path decodes, as a run records it (the page's provenance names it).
+DECODER = "PIL on the CPU, in DataLoader worker processes"
+NORMALISATION = "per-pixel"  # the mean image subtracted (section 3.4), then one std (engine.Normalisation)
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def mean_image(items, count: int, sizes: ViewSizes = PAPER_VIEWS) -> Normalisati
     """The per-pixel normalisation: the mean 224x224 centre crop of the first ``count`` of ``items``
     (in a fixed, class-balanced order the caller chooses) and one std about it."""
     crops = torch.stack([centre_view(load_rgb(path), sizes) for path, _ in list(items)[:count]])
-    return Normalisation.for_images("per-pixel", crops)
+    return Normalisation.for_images(NORMALISATION, crops)
 
 
 def lighting(images: torch.Tensor, normalise: Normalisation, generator: torch.Generator) -> torch.Tensor:

@@ -34,6 +34,8 @@ from ..tracking import keys, store
 from .distributed import World, check_world, join, launch, leave, sum_over_ranks
 from .engine import SGD, Precision, StepMetrics
 from .imagenet_input import (
+    DECODER,
+    NORMALISATION,
     ImageNetImages,
     ViewSizes,
     centre_view,
@@ -268,7 +270,8 @@ class _Training:
             tags[keys.PARENT_TAG] = self.cell.parent_run_id
         experiment = store.experiment_id(config.study, self.cell.uri)
         params = {**config.to_dict(), **self.description, "world_size": world.size, "backend": world.backend,
-                  "per_process_batch": self.per_rank, "effective_lr": config.effective_lr,
+                  "per_process_batch": self.per_rank, "effective_lr": config.effective_lr, "decoder": DECODER,
+                  "normalisation": NORMALISATION, "schedule": "multistep",
                   "classes": len(self.data.classes), "train_images": len(self.train_items),
                   "val_images": len(self.val_items), keys.TOTAL_STEPS_PARAM: self.steps_per_epoch * config.epochs,
                   "cut_from_the_recipe": "; ".join(config.cut) or "none"}
