@@ -19,8 +19,13 @@ from pathlib import Path
 
 import cluster
 import pytest
+import yaml
+from test_imagenet import make_tree
+from test_imagenet_training import STUDY_TINY
 
 from resnet.studies.pool import cell_environment
+from resnet.studies.slurm import data_parallel_options
+from resnet.studies.spec import StudyError
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store
 from resnet.tracking.server import allowed_hosts, is_loopback
@@ -289,6 +294,50 @@ def test_a_study_on_slurm_survives_preemption_and_cancellation_and_reports_from_
     assert rerun.returncode == 0 and "nothing to submit" in rerun.stdout
     done = [line.split()[1] for line in rerun.stdout.splitlines() if line.startswith("  done     ")]
     assert done == ["plain18-s0", "resnet18-A-s0"]
+
+
+def test_an_imagenet_cell_runs_as_a_two_task_slurm_job_into_one_run_and_one_notebook(services, tmp_path, monkeypatch):
+    """Issue 20: a data-parallel cell is a Slurm job of a task per rank (here 2 gloo processes on the
+    node's CPUs), ranks from TorchDistributedEnvironment; rank 0 runs the notebook, rank 1 trains
+    alongside it, and MLflow gets one run."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", USER)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    uri = services["server"].url
+    tree = make_tree(tmp_path / "imagenet", per_class=3)
+    definition = yaml.safe_load((ROOT / "experiments" / "imagenet.yaml").read_text())
+    definition.update(grid=[{"model": "resnet18", "shortcut": "A"}], default_profile="tiny",
+                      profiles={"tiny": {"seeds": [0], "settings": STUDY_TINY}})
+    study = tmp_path / "imagenet-slurm.yaml"
+    study.write_text(yaml.safe_dump(definition))
+    runs_dir = tmp_path / "runs"
+    command = [sys.executable, "-m", "resnet.study", "--study", str(study), "--executor", "slurm", "--data", str(tree),
+               "--runs-dir", str(runs_dir), "--slurm", "gpus_per_node=0", "--slurm", "time=30"]
+    result = subprocess.run(command, cwd=ROOT, env=client_environment(services), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (submitted,) = [line for line in result.stdout.splitlines() if line.strip().startswith("submit")]
+    assert submitted.endswith("(2 tasks)") and "resnet18-A-s0" in submitted, result.stdout
+    job = submitted.split("Slurm job ")[1].split()[0]
+    client, _, found = _runs(uri, "imagenet-slurm")
+    (cell,) = [run for run in found if run.data.tags.get(keys.ROLE_TAG) == keys.ROLE_CELL]
+    assert cell.info.status == "FINISHED" and cell.data.params["world_size"] == "2"
+    assert cell.data.params["backend"] == "gloo" and cell.data.params["per_process_batch"] == "2"
+    assert sorted(point.step for point in client.get_metric_history(cell.info.run_id, "train_error")) == [1, 2]
+    assert "resnet18-A-s0.ipynb" in {artifact.path for artifact in client.list_artifacts(cell.info.run_id)}
+    logs = runs_dir / "imagenet-slurm" / "slurm" / job
+    for rank in (0, 1):  # both tasks ran, each its own rank of the same job
+        assert (logs / f"{job}_{rank}_log.out").is_file(), sorted(p.name for p in logs.iterdir())
+    assert "resnet18-A-s0 epoch   2/2" in (runs_dir / "imagenet-slurm" / "resnet18-A-s0.log").read_text()
+
+
+def test_a_data_parallel_cells_slurm_layout_must_hold_its_world():
+    assert data_parallel_options(8, {}) == {"nodes": 1, "gpus_per_node": 8, "ntasks_per_node": 8}
+    assert data_parallel_options(8, {"gpus_per_node": 4}) == {"nodes": 2, "gpus_per_node": 4, "ntasks_per_node": 4}
+    assert data_parallel_options(2, {"gpus_per_node": 0}) == {"nodes": 1, "gpus_per_node": 0, "ntasks_per_node": 2}
+    with pytest.raises(StudyError, match="a cell of world_size 8 needs nodes x GPUs per node = 8 .* legal: nodes=1 "
+                                         "gpus_per_node=8, nodes=2 gpus_per_node=4, nodes=4 gpus_per_node=2, nodes=8 "
+                                         "gpus_per_node=1, or gpus_per_node=0"):
+        data_parallel_options(8, {"nodes": 3, "gpus_per_node": 4})
 
 
 LOAD_CLIENT = textwrap.dedent("""\

@@ -8,7 +8,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 from resnet.config import ConfigError
-from resnet.training.distributed import check_world, launch
+from resnet.training.distributed import check_world, launch, launched_world
 from resnet.training.engine import SGD
 
 STEPS, BATCH = 3, 8  # the global batch: 4 images on each of two ranks
@@ -107,3 +107,17 @@ def test_a_world_that_cannot_run_is_refused_before_any_process_starts(arguments,
 def test_the_paper_world_splits_256_into_8_gpus_of_32():
     assert check_world(8, "auto", 256, 8) == ("nccl", 32)
     assert check_world(2, "auto", 256, 0) == ("gloo", 128)
+
+
+def test_a_launchers_world_is_checked_per_node_and_must_be_the_runs(monkeypatch):
+    """Under torchrun or a Slurm job's tasks: 2 nodes of 4 GPUs hold the paper's 8 x 32; a launcher
+    that started another number of processes than the run asks for is refused."""
+    monkeypatch.setenv("MASTER_ADDR", "node-1")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert launched_world() == (8, 4)
+    assert check_world(8, "nccl", 256, 4, processes_here=4) == ("nccl", 32)
+    with pytest.raises(ConfigError, match="the launcher started 8 processes \\(WORLD_SIZE\\) but the run asks for 4"):
+        check_world(4, "gloo", 256, 0)
+    monkeypatch.delenv("MASTER_ADDR")
+    assert launched_world() is None

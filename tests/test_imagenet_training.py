@@ -1,5 +1,9 @@
 """The ImageNet cell on the CPU, as the tiny profile runs it: two gloo processes, small views."""
 
+import subprocess
+import sys
+from html import unescape
+
 import pytest
 import yaml
 from conftest import ROOT
@@ -8,6 +12,7 @@ from test_imagenet import make_tree
 from resnet.config import ConfigError
 from resnet.data import DataError
 from resnet.imagenet_config import ImageNetConfig
+from resnet.report.build import main as report_main
 from resnet.studies.cli import main
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store
@@ -76,6 +81,20 @@ def test_a_killed_cell_resumes_from_its_last_epoch_into_the_same_run(store, tree
         assert client.get_run(run_id).data.metrics[key] == client.get_run(whole).data.metrics[key], key
 
 
+def test_torchrun_starts_the_ranks_and_each_joins_from_its_environment(store, tree):
+    """torchrun --nproc_per_node 2 -m resnet.training.imagenet_loop key=value ...: two ranks, one run."""
+    settings = {**TINY, "epochs": 1, "world_size": 2, "backend": "gloo", "data": tree, "tracking_uri": store}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "resnet.training.imagenet_loop", *[f"{key}={value}" for key, value in settings.items()]]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = mlflow_store.client(store).search_runs([mlflow_store.experiment_id("unit-imagenet", store)])
+    assert run.info.status == keys.STATUS_FINISHED
+    assert (run.data.params["world_size"], run.data.params["per_process_batch"]) == ("2", "2")
+    assert result.stdout.count("MLflow run") == 1 and f"MLflow run {run.info.run_id}" in result.stdout  # rank 0
+    assert result.stdout.count("resnet18-A-s0 epoch   1/1") == 1
+
+
 def test_what_cannot_run_is_refused_before_any_process_starts(tree, tmp_path):
     with pytest.raises(ConfigError, match="the global batch 4 does not split over 3 processes"):
         train_imagenet(ImageNetConfig(**TINY, data=str(tree), world_size=3, backend="gloo"))
@@ -118,6 +137,18 @@ def test_the_tiny_profile_runs_each_cell_as_two_processes_through_its_notebook(s
     assert main(arguments) == 0  # a rerun finds both finished and trains nothing
     done = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("  done     ")]
     assert sorted(done) == ["plain18-s0", "resnet18-A-s0"]
+    # The page: the ImageNet section from these runs, the tiny profile's cuts named beside its numbers.
+    page = tmp_path / "report.html"
+    assert report_main(["--tracking-uri", store, "--imagenet-study", "imagenet-two", "--output", str(page)]) == 0
+    html = unescape(page.read_text())
+    assert "The paper's own experiment: ImageNet (Figure 4, Tables 2 and 3)" in html
+    cut = "global batch 4, lr 0.0015625 by linear scaling; 32px crops of images scaled to [36, 48] (test 36)"
+    assert f"Cut from the paper's recipe (section 3.4) in these runs: {cut}" in html
+    assert "World size 2 per cell; 2 processes on the CPU (gloo); global batch 4,\n2 per process" in html.replace(
+        "Data-parallel: world", "World")
+    assert "Data: imagenet/ (image folder: 3 classes, 12 training and 9 validation images)." in html
+    assert html.count("(n = 1)") == 4  # 10-crop top-1 and top-5 of each network, one seed
+    assert html.count('<p class="verdict undecided">Not decided: ') == 3
 
 
 def test_an_imagenet_study_without_data_says_where_to_point(tmp_path, capsys):

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..paths import runs_dir as default_runs_dir
 from ..tracking import keys, store
+from .notebook import run_imagenet
 from .plan import (
     FAILED,
     SKIPPED,
@@ -138,8 +139,47 @@ class StudyShard:
         print("warning signal: stopping the cells, then requeueing this job", flush=True)
         if self._pool is not None:
             self._pool.stop()
-        return DelayedSubmission(StudyShard(self.study, self.cells, self.uri, self.parent, self.jobs,
-                                            self.runs_dir))
+        return DelayedSubmission(type(self)(self.study, self.cells, self.uri, self.parent, self.jobs, self.runs_dir))
+
+
+class DataParallelCell(StudyShard):
+    """What one Slurm job runs for a data-parallel cell (an ImageNet cell of ``world_size`` processes):
+    one task per GPU (per CPU process with gloo), nodes x tasks per node = the world. Each task finds
+    its rank through submitit's ``TorchDistributedEnvironment``. Rank 0 runs the cell as every cell
+    runs (``StudyShard``: papermill executes its notebook, one MLflow run); the notebook's kernel
+    inherits the rank's environment and joins the process group as rank 0. Every other task trains its
+    rank in its own process (``notebook.run_imagenet``) and writes nothing. Only rank 0 answers
+    Slurm's warning signal (submitit's rule): its cell stops cleanly and the job is requeued whole."""
+
+    def __call__(self) -> dict[str, str]:
+        from submitit.helpers import TorchDistributedEnvironment  # the cluster extra, present on a Slurm node
+
+        # A requeued job's tasks start afresh, but a task started from another job inherits its variables.
+        rank = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True).rank
+        if rank == 0:
+            return super().__call__()
+        os.environ["RESNET_RUNS_DIR"] = self.runs_dir
+        shard = [cell for cell in self.study.cells if cell.name in self.cells]
+        _, pending = plan(shard, visible_gpus(), self.uri, store.experiment_id(self.study.name, self.uri))
+        for cell in pending:  # none when the cell finished earlier: rank 0 skips it too
+            run_imagenet(cell.config, tracking_uri=self.uri, parent_run_id=self.parent)
+        return {}
+
+
+def data_parallel_options(processes: int, pairs: dict[str, Any]) -> dict[str, Any]:
+    """The Slurm layout of a cell of ``processes`` ranks, one task each: ``nodes`` x ``gpus_per_node``
+    from ``--slurm`` (by default one node with a GPU per rank; ``gpus_per_node=0`` for gloo processes on
+    CPUs), or a ``StudyError`` naming the layouts that hold the world."""
+    gpus_per_node = int(pairs.get("gpus_per_node", processes))
+    nodes = int(pairs.get("nodes", processes // gpus_per_node if gpus_per_node else 1))
+    tasks_per_node = gpus_per_node or processes // max(nodes, 1)
+    if nodes < 1 or nodes * tasks_per_node != processes:
+        layouts = ", ".join(f"nodes={n} gpus_per_node={processes // n}" for n in range(1, processes + 1)
+                            if processes % n == 0)
+        raise StudyError(f"--slurm nodes={nodes} gpus_per_node={gpus_per_node}: a cell of world_size {processes} "
+                         f"needs nodes x GPUs per node = {processes} (one task per GPU); legal: {layouts}, "
+                         "or gpus_per_node=0 for gloo processes on CPUs")
+    return {"nodes": nodes, "gpus_per_node": gpus_per_node, "ntasks_per_node": tasks_per_node}
 
 
 def live_jobs(job_ids: set[str]) -> dict[str, str]:
@@ -247,13 +287,26 @@ def submit_study(study: Study, *, tracking_uri: str | None = None, cells_per_job
         job = holders[cell.config.fingerprint()]
         print(f"  queued   {cell.name} (Slurm job {job}, {live[job]})", flush=True)
 
-    for start in range(0, len(missing), cells_per_job):
-        shard = missing[start:start + cells_per_job]
-        job = slurm.submit(StudyShard(study, [c.name for c in shard], uri, parent, cells_per_job, str(runs)))
+    # Cells of one process share jobs, cells_per_job at a time; a data-parallel cell is a job of its own,
+    # a task per rank.
+    single = [cell for cell in missing if cell.config.processes == 1]
+    jobs = [(slurm, StudyShard(study, [c.name for c in single[start:start + cells_per_job]], uri, parent,
+                               cells_per_job, str(runs))) for start in range(0, len(single), cells_per_job)]
+    for cell in (cell for cell in missing if cell.config.processes > 1):
+        layout = data_parallel_options(cell.config.processes, options or {})
+        # One CPU for the rank and one per decoding worker.
+        distributed, _ = executor(folder, {**(options or {}), **layout}, cell.config.workers + 1,
+                                  f"{study.name}-{study.profile}")
+        jobs.append((distributed, DataParallelCell(study, [cell.name], uri, parent, 1, str(runs))))
+    by_name = {cell.name: cell for cell in missing}
+    for slurm_executor, work in jobs:
+        shard = [by_name[name] for name in work.cells]
+        job = slurm_executor.submit(work)
         mlflow_client.log_batch(parent, tags=[_job_tag(cell, job.job_id) for cell in shard])
         for cell in shard:
             holders[cell.config.fingerprint()] = job.job_id
-        print(f"  submit   {', '.join(c.name for c in shard)} as Slurm job {job.job_id}", flush=True)
+        tasks = f" ({shard[0].config.processes} tasks)" if isinstance(work, DataParallelCell) else ""
+        print(f"  submit   {', '.join(c.name for c in shard)} as Slurm job {job.job_id}{tasks}", flush=True)
     if not missing and not held:
         print("  nothing to submit: every cell is finished", flush=True)
     if detach:

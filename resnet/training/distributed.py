@@ -1,5 +1,8 @@
 """Data-parallel training's plumbing: one process per GPU (gloo processes on a CPU), as torchrun,
-submitit's Slurm tasks or this project's own launcher start them.
+submitit's Slurm tasks or this project's own launcher start them. A process that a launcher started
+finds its place in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``,
+``MASTER_ADDR``, ``MASTER_PORT``: torchrun's variables, which ``TorchDistributedEnvironment.export``
+sets in each Slurm task too); without them, ``launch`` starts the processes on this machine.
 
 The paper's ImageNet batch is 256 in all, trained on 8 GPUs with 32 images each and BatchNorm
 statistics per GPU (no SyncBN): ``check_world`` splits a global batch over the world and refuses
@@ -50,10 +53,21 @@ class World:
         return self.rank == 0
 
 
-def check_world(world_size: int, backend: str, global_batch: int, visible_gpus: int) -> tuple[str, int]:
+def launched_world() -> tuple[int, int] | None:
+    """(world size, processes on this node) as a launcher (torchrun, a Slurm job's tasks) set them in
+    the environment; None when no launcher started this process."""
+    if "WORLD_SIZE" not in os.environ or "MASTER_ADDR" not in os.environ:
+        return None
+    size = int(os.environ["WORLD_SIZE"])
+    return size, int(os.environ.get("LOCAL_WORLD_SIZE", size))
+
+
+def check_world(world_size: int, backend: str, global_batch: int, visible_gpus: int,
+                processes_here: int | None = None) -> tuple[str, int]:
     """The backend to use and the batch of each process, or a ``ConfigError`` naming what is wrong
     and what is legal: a world size the global batch does not divide, NCCL without CUDA, more GPU
-    processes on this node than GPUs visible."""
+    processes on this node (``processes_here``, by default the whole world) than GPUs visible, or a
+    launcher's world of another size."""
     if not isinstance(world_size, int) or world_size < 1:
         raise ConfigError(f"world_size: must be a positive whole number (processes, one per GPU), got {world_size!r}")
     if backend not in BACKENDS:
@@ -65,9 +79,14 @@ def check_world(world_size: int, backend: str, global_batch: int, visible_gpus: 
     resolved = ("nccl" if visible_gpus else "gloo") if backend == "auto" else backend
     if resolved == "nccl" and not visible_gpus:
         raise ConfigError("backend: nccl needs CUDA GPUs and none is visible here; use gloo (or auto) on a CPU")
-    if resolved == "nccl" and world_size > visible_gpus:
-        raise ConfigError(f"world_size: {world_size} GPU processes asked for on this node, but only {visible_gpus} "
+    here = world_size if processes_here is None else processes_here
+    if resolved == "nccl" and here > visible_gpus:
+        raise ConfigError(f"world_size: {here} GPU processes asked for on this node, but only {visible_gpus} "
                           f"GPU{'s are' if visible_gpus != 1 else ' is'} visible; use at most {visible_gpus}")
+    launched = launched_world()
+    if launched is not None and launched[0] != world_size:
+        raise ConfigError(f"world_size: the launcher started {launched[0]} processes (WORLD_SIZE) but the run asks "
+                          f"for {world_size}; start world_size processes, or set world_size={launched[0]}")
     return resolved, global_batch // world_size
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +26,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import ConfigError
+from ..data import DataError
 from ..imagenet import open_imagenet
 from ..imagenet_config import ImageNetConfig
 from ..measures import count_multiply_adds, count_parameters
 from ..models import build_model
 from ..paths import atomic_write_bytes, runs_dir
 from ..tracking import keys, store
-from .distributed import World, check_world, join, launch, leave, sum_over_ranks
+from .distributed import World, check_world, join, launch, launched_world, leave, sum_over_ranks
 from .engine import SGD, Precision, StepMetrics
 from .imagenet_input import (
     DECODER,
@@ -49,29 +51,40 @@ from .imagenet_input import (
 
 
 def train_imagenet(config: ImageNetConfig, *, tracking_uri: str | None = None, parent_run_id: str | None = None,
-                   checkpoint_dir: str | Path | None = None) -> str:
+                   checkpoint_dir: str | Path | None = None) -> str | None:
     """Train ``config`` to the end (resuming its checkpoint if there is one) in ``world_size``
-    processes; the MLflow run's id. The world and the data are checked before any process starts."""
+    processes; the MLflow run's id. Started by a launcher (torchrun, a Slurm job's tasks), this process
+    is one rank of them (only rank 0 speaks to MLflow; the others return None); else it starts them
+    here. The world and the data are checked before any training starts."""
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    backend, _ = check_world(config.world_size, config.backend, config.batch_size, visible)
+    launched = launched_world()  # torchrun or a Slurm job's tasks started this process as one rank
+    backend, _ = check_world(config.world_size, config.backend, config.batch_size, visible,
+                             launched[1] if launched else None)
     config = config.resolved_for("cuda" if backend == "nccl" else "cpu")
     open_imagenet(config.data)  # a DATA that cannot be read fails here, in one process
-    uri = store.prepare_store(tracking_uri)
+    main_rank = launched is None or int(os.environ.get("RANK", 0)) == 0
+    uri = store.prepare_store(tracking_uri) if main_rank else store.resolve_tracking_uri(tracking_uri)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else runs_dir() / config.study / "checkpoints"
     job = _Cell(config, uri, parent_run_id, str(folder / f"{config.run_name}-{config.fingerprint()}.pt"), backend)
-    experiment = store.experiment_id(config.study, uri)
-    if config.world_size == 1:
+    if config.world_size == 1 or launched:
         join(backend)
-        job()
+        try:
+            job()
+        finally:
+            leave()
+        if not main_rank:
+            return None
     else:
         try:
             launch(job, config.world_size, backend)
         except RuntimeError as error:
             # Rank 0 recorded its own end, often a partner's reset connection: record the first failure.
+            experiment = store.experiment_id(config.study, uri)
             for run in store.find_runs(experiment, uri, **{keys.FINGERPRINT_TAG: config.fingerprint()})[:1]:
                 if run.info.status != keys.STATUS_FINISHED:
                     store.end_run(store.client(uri), run.info.run_id, keys.STATUS_FAILED, str(error))
             raise
+    experiment = store.experiment_id(config.study, uri)
     return store.find_runs(experiment, uri, **{keys.FINGERPRINT_TAG: config.fingerprint()})[0].info.run_id
 
 
@@ -95,12 +108,7 @@ class _Cell:
     backend: str
 
     def __call__(self) -> None:
-        world = _world(self.backend)
-        try:
-            _Training(self, world).run()
-        finally:
-            if self.config.world_size == 1:
-                leave()
+        _Training(self, _world(self.backend)).run()
 
 
 def _world(backend: str) -> World:
@@ -288,3 +296,37 @@ def _per_class(items, limit: int | None) -> tuple[tuple[str, int], ...]:
     return tuple(item for rank in range(max(map(len, kept), default=0)) for images in kept
                  if rank < len(images) for item in [images[rank]])
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One rank of a cell, for a launcher that starts every rank itself, torchrun on one node::
+
+        torchrun --nproc_per_node 8 -m resnet.training.imagenet_loop data=/path/to/imagenet model=resnet34 \\
+            shortcut=A world_size=8 [study=adhoc] [tracking_uri=http://host:5000]
+
+    (A study's cells go through their notebook instead, which starts the processes itself.)"""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m resnet.training.imagenet_loop", description=main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("settings", nargs="*", metavar="key=value", help="ImageNetConfig settings, tracking_uri")
+    pairs = parser.parse_args(argv).settings
+    malformed = [pair for pair in pairs if "=" not in pair]
+    if malformed:
+        parser.error(f"expected key=value, got {', '.join(malformed)}")
+    values = dict(pair.split("=", 1) for pair in pairs)
+    tracking_uri = values.pop("tracking_uri", None)
+    try:
+        config = ImageNetConfig.from_mapping(values)
+        run_id = train_imagenet(config, tracking_uri=tracking_uri)
+    except (ConfigError, DataError) as error:
+        print(f"imagenet_loop: {error}", file=sys.stderr)
+        return 2
+    if run_id is not None:  # rank 0's
+        print(f"{config.run_name}: MLflow run {run_id}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
