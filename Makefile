@@ -105,6 +105,14 @@ test: lint test-packages ## Lint, then run the test suite (CPU only, a few minut
 clean: ## Remove generated reports (keeps the venv, data cache and MLflow store)
 	rm -rf reports/*.html reports/figures
 
+# make bench MODE=imagenet [DATA=<ImageNet folder>]: the ImageNet input path and training per GPU, ours
+# against torchvision's reference recipe (without DATA, on synthetic JPEGs of ImageNet's size).
+MODE ?= cifar
 .PHONY: bench
-bench: $(VENV)/.installed ## Measure training images/s: the source document's loop vs ours (MODELS=...)
-	$(BIN)/python -m resnet.training.bench $(if $(filter command line,$(origin MODELS)),--models $(MODELS))
+bench: $(VENV)/.installed ## Measure images/s: the source document's loop vs ours (MODELS=...; MODE=imagenet DATA=...)
+	@case "$(MODE)" in \
+	  cifar) $(BIN)/python -m resnet.training.bench $(if $(filter command line,$(origin MODELS)),--models $(MODELS)) ;; \
+	  imagenet) $(BIN)/python -m resnet.training.imagenet_bench $(if $(DATA),--data $(DATA)) \
+	      $(if $(filter command line,$(origin MODELS)),--models $(MODELS)) ;; \
+	  *) echo "MODE=$(MODE): unknown; legal values: cifar, imagenet" >&2; exit 2 ;; \
+	esac

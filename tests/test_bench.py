@@ -10,6 +10,7 @@ from resnet.data import load_cifar10
 from resnet.models import build_model
 from resnet.training.bench import main, peak_flops
 from resnet.training.engine import Normalisation, Precision, prepare_epoch
+from resnet.training.imagenet_bench import main as imagenet_bench
 
 
 def _independent_mean_loss(steps: int, untimed_steps: int, batch_size: int) -> float:
@@ -69,3 +70,17 @@ def test_bench_on_the_cpu_times_the_step_variants_on_one_thread_compiled_include
     assert all(speed > 0 for speed in speeds)
     assert first_steps[3] > max(first_steps[:3])  # the compiled step pays for inductor in its first step
     assert torch.get_num_threads() == threads
+
+
+def test_the_imagenet_bench_times_every_input_path_on_the_cpu_and_says_training_needs_a_gpu(capsys):
+    assert imagenet_bench(["--data", "synthetic:24", "--steps", "1", "--untimed-steps", "1", "--workers", "0",
+                           "--batch-size", "4"]) == 0
+    output = capsys.readouterr().out
+    assert output.startswith("device: cpu; data: 24 synthetic JPEGs of 500x375 (24 training images; 8 read per path")
+    rows = {line.split()[0]: line.split()[1:] for line in output.splitlines() if line.startswith("  ")}
+    reference = float(rows["reference"][0].replace(",", ""))
+    for path in ("ours-pil", "ours-decode"):
+        speed, ratio = float(rows[path][0].replace(",", "")), float(rows[path][1].strip("(x"))
+        assert speed > 0 and abs(ratio - speed / reference) < 0.05 * ratio + 0.01
+    assert rows["dali"][:2] == ["not", "measured:"]
+    assert "training (ResNet-18/34 at 224x224, per GPU): needs a CUDA GPU; not run on the CPU." in output

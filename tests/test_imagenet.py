@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from resnet import paper
@@ -13,9 +14,12 @@ from resnet.data import DataError
 from resnet.imagenet import OFFICIAL_ARCHIVES, load_rgb, open_imagenet
 from resnet.training.engine import Normalisation, Precision
 from resnet.training.imagenet_input import (
+    EncodedImages,
     ImageNetImages,
     ViewSizes,
     centre_view,
+    decode_training_views,
+    encoded_batch,
     lighting,
     mean_image,
     resize_shorter_side,
@@ -201,3 +205,25 @@ def test_the_mean_image_is_the_mean_centre_crop(tree):
     crops = torch.stack([centre_view(load_rgb(path)).double() for path, _ in data.train[:3]])
     torch.testing.assert_close(normalise.mean[0].double(), crops.mean(0), rtol=0, atol=1e-4)
     assert normalise.mean.shape == (1, 3, 224, 224) and float(normalise.std) > 0
+
+
+def test_decoding_a_batch_at_once_gives_the_training_views_the_pil_path_gives(tree):
+    """The candidate GPU input path (torchvision.io.decode_jpeg on a batch; here on the CPU): every
+    file of the tree, CMYK, grayscale and the PNG named .JPEG included, comes out a 3 x crop x crop
+    uint8 view; with the scale pinned to the crop a view is the whole square image resized, as PIL's."""
+    items = open_imagenet(tree).train
+    encoded, labels = encoded_batch([EncodedImages(items)[i] for i in range(len(items))])
+    assert labels.tolist() == [label for _, label in items]
+    views = decode_training_views(encoded, torch.device("cpu"), torch.Generator().manual_seed(0),
+                                  ViewSizes(crop=32, scale_min=36, scale_max=48, test_size=36))
+    assert views.shape == (len(items), 3, 32, 32) and views.dtype == torch.uint8
+    assert 0 <= int(views.min()) and int(views.max()) <= 255 and views.float().std() > 5  # pixels, not a fill
+    square = [(path, label) for path, label in items if Image.open(path).size == (64, 64)]
+    pinned = ViewSizes(crop=32, scale_min=32, scale_max=32, test_size=32)
+    for path, label in square:
+        (ours,) = decode_training_views([EncodedImages([(path, label)])[0][0]], torch.device("cpu"),
+                                        torch.Generator().manual_seed(1), pinned)
+        reference = TF.pil_to_tensor(resize_shorter_side(load_rgb(path), 32))
+        difference = min((ours.float() - candidate.float()).abs().mean() for candidate in
+                         (reference, reference.flip(-1)))
+        assert difference < 3.0  # two antialiased bilinear resizes of the same pixels (JPEG decoders differ too)

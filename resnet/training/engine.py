@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -147,6 +147,10 @@ class Normalisation:
         mean_image = total / count
         variance = (squares / count - mean_image.square()).mean()  # about the mean image, over all pixels
         return cls(kind, mean_image.float().unsqueeze(0), variance.sqrt().float())
+
+    def to(self, device: torch.device) -> Normalisation:
+        """The same normalisation with its tensors on ``device`` (where the batches it takes are)."""
+        return replace(self, mean=self.mean.to(device), std=self.std.to(device))
 
     def __call__(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """uint8 -> standardised ``dtype``."""

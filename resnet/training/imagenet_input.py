@@ -75,6 +75,60 @@ def ten_crop_views(image: Image.Image, sizes: ViewSizes = PAPER_VIEWS) -> torch.
     return torch.stack(TF.ten_crop(resized, [sizes.crop, sizes.crop]))
 
 
+def decode_training_views(encoded: list[torch.Tensor], device: torch.device, generator: torch.Generator,
+                          sizes: ViewSizes = PAPER_VIEWS) -> torch.Tensor:
+    """The training views of a batch of JPEG files' bytes, decoded on ``device`` in one call
+    (``torchvision.io.decode_jpeg``: nvJPEG on a GPU, libjpeg on the CPU), then scaled, cropped and
+    flipped there as ``training_view`` does (the crop taken from the decoded image and resized, the
+    same region as resizing first). The candidate GPU input path; ``make bench MODE=imagenet`` weighs
+    it against the PIL path. N x 3 x crop x crop uint8 on ``device``."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    views = []
+    for image in images:
+        height, width = image.shape[-2:]
+        shorter = int(torch.randint(sizes.scale_min, sizes.scale_max + 1, (), generator=generator))
+        side = sizes.crop * min(height, width) / shorter  # the crop's size in the decoded image's pixels
+        top = int(torch.randint(0, max(1, int(height - side) + 1), (), generator=generator))
+        left = int(torch.randint(0, max(1, int(width - side) + 1), (), generator=generator))
+        view = TF.resized_crop(image, top, left, round(side), round(side), [sizes.crop, sizes.crop], antialias=True)
+        views.append(TF.horizontal_flip(view) if float(torch.rand((), generator=generator)) < 0.5 else view)
+    return torch.stack(views)
+
+
+class EncodedImages(torch.utils.data.Dataset):
+    """(the file's JPEG bytes, class index) for each (path, class index) of ``items``: what a loader
+    hands to ``decode_training_views``. The files a JPEG decoder cannot take as they are (ImageNet's
+    PNG under a .JPEG name, its 22 CMYK JPEGs) are decoded here and handed on re-encoded as RGB JPEGs;
+    PIL reads only their headers to tell."""
+
+    def __init__(self, items):
+        self.items = tuple(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        import io
+
+        from torchvision.io import read_file
+
+        path, label = self.items[index]
+        with Image.open(path) as header:
+            plain = header.format == "JPEG" and header.mode in ("RGB", "L")
+        if plain:
+            return read_file(path), label
+        encoded = io.BytesIO()
+        load_rgb(path).save(encoded, "JPEG", quality=95)
+        return torch.frombuffer(bytearray(encoded.getvalue()), dtype=torch.uint8), label
+
+
+def encoded_batch(batch):
+    """A DataLoader's ``collate_fn`` for ``EncodedImages``: the files' bytes stay a list (their lengths differ)."""
+    return [encoded for encoded, _ in batch], torch.tensor([label for _, label in batch])
+
+
 class ImageNetImages(torch.utils.data.Dataset):
     """(view, class index) for each (path, class index) of ``items``; ``view`` is one of the functions
     above. An image that does not decode raises ``DataError`` with its path."""

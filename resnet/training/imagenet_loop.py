@@ -136,7 +136,8 @@ class _Training:
         self.model = DistributedDataParallel(network) if world.size > 1 else network
         self.lr = torch.tensor(config.lr_at_epoch(1), device=world.device)
         self.optimizer = SGD(self.model.parameters(), self.lr, config.momentum, config.weight_decay)
-        self.normalise = mean_image(self.train_items, min(config.mean_images, len(self.train_items)), self.sizes)
+        self.normalise = mean_image(self.train_items, min(config.mean_images, len(self.train_items)),
+                                    self.sizes).to(world.device)  # made on the CPU, used where the batches are
         self.generator = torch.Generator(device=world.device)  # the colour draws: seeded per epoch and rank
         self.train_set = ImageNetImages(self.train_items, training_view, seed=config.seed, sizes=self.sizes)
         self.sampler = DistributedSampler(self.train_set, num_replicas=world.size, rank=world.rank, shuffle=True,
