@@ -323,7 +323,9 @@ def test_an_imagenet_cell_runs_as_a_two_task_slurm_job_into_one_run_and_one_note
     assert cell.info.status == "FINISHED" and cell.data.params["world_size"] == "2"
     assert cell.data.params["backend"] == "gloo" and cell.data.params["per_process_batch"] == "2"
     assert sorted(point.step for point in client.get_metric_history(cell.info.run_id, "train_error")) == [1, 2]
-    assert "resnet18-A-s0.ipynb" in {artifact.path for artifact in client.list_artifacts(cell.info.run_id)}
+    # Rank 0's job hands the executed notebook to the run once papermill has ended, just after the run is FINISHED.
+    cluster.wait_for(lambda: "resnet18-A-s0.ipynb" in {a.path for a in client.list_artifacts(cell.info.run_id)}, 60,
+                     "the executed notebook among the run's artifacts")
     logs = runs_dir / "imagenet-slurm" / "slurm" / job
     for rank in (0, 1):  # both tasks ran, each its own rank of the same job
         assert (logs / f"{job}_{rank}_log.out").is_file(), sorted(p.name for p in logs.iterdir())

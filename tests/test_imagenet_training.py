@@ -146,7 +146,7 @@ def test_the_tiny_profile_runs_each_cell_as_two_processes_through_its_notebook(s
     assert f"Cut from the paper's recipe (section 3.4) in these runs: {cut}" in html
     assert "World size 2 per cell; 2 processes on the CPU (gloo); global batch 4,\n2 per process" in html.replace(
         "Data-parallel: world", "World")
-    assert "Data: imagenet/ (image folder: 3 classes, 12 training and 9 validation images)." in html
+    assert "Data: imagenet/ (image folder: 3 classes, 12 training and 12 validation images)." in html
     assert html.count("(n = 1)") == 4  # 10-crop top-1 and top-5 of each network, one seed
     assert html.count('<p class="verdict undecided">Not decided: ') == 3
 
