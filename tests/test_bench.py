@@ -73,10 +73,10 @@ def test_bench_on_the_cpu_times_the_step_variants_on_one_thread_compiled_include
 
 
 def test_the_imagenet_bench_times_every_input_path_on_the_cpu_and_says_training_needs_a_gpu(capsys):
-    assert imagenet_bench(["--data", "synthetic:24", "--steps", "1", "--untimed-steps", "1", "--workers", "0",
+    assert imagenet_bench(["--data", "synthetic:50", "--steps", "1", "--untimed-steps", "1", "--workers", "0",
                            "--batch-size", "4"]) == 0
     output = capsys.readouterr().out
-    assert output.startswith("device: cpu; data: 24 synthetic JPEGs of 500x375 (24 training images; 8 read per path")
+    assert output.startswith("device: cpu; data: 50 synthetic JPEGs of 500x375 (40 training images; 8 read per path")
     rows = {line.split()[0]: line.split()[1:] for line in output.splitlines() if line.startswith("  ")}
     reference = float(rows["reference"][0].replace(",", ""))
     for path in ("ours-pil", "ours-decode"):

@@ -48,14 +48,16 @@ from .imagenet_input import (
 # ImageNet's typical image: about 500 x 375 pixels, JPEG quality near 90 (the synthetic tree's files).
 SYNTHETIC_SIZE = (500, 375)
 SYNTHETIC_CLASSES = 10
+SYNTHETIC_VAL_EVERY = 5  # every fifth image is a validation image, so that each class has both
 # torchvision's reference recipe (references/classification/presets.py): its normalisation.
 REFERENCE_MEAN, REFERENCE_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INPUT_PATHS = ("reference", "ours-pil", "ours-decode")
 
 
 def synthetic_tree(root: Path, images: int) -> Path:
-    """An ImageNet-format folder of ``images`` random JPEGs of ImageNet's typical size, for a bench
-    without the data set (the decode cost is the point; the pixels are noise)."""
+    """An ImageNet-format folder of ``images`` random JPEGs of ImageNet's typical size (a fifth of
+    them in val/), for a bench without the data set (the decode cost is the point; the pixels are
+    noise). Also a practice ``DATA`` for the tiny profile (``--write-synthetic``)."""
     import numpy as np
     from PIL import Image
 
@@ -66,9 +68,8 @@ def synthetic_tree(root: Path, images: int) -> Path:
             (root / split / wnid).mkdir(parents=True, exist_ok=True)
         pixels = generator.integers(0, 256, (SYNTHETIC_SIZE[1] // 8, SYNTHETIC_SIZE[0] // 8, 3), dtype=np.uint8)
         picture = Image.fromarray(pixels).resize(SYNTHETIC_SIZE, Image.BILINEAR)  # smooth, as photographs are
-        picture.save(root / "train" / wnid / f"{wnid}_{index}.JPEG", quality=90)
-        if index < SYNTHETIC_CLASSES:
-            picture.save(root / "val" / wnid / f"{wnid}_{index}.JPEG", quality=90)
+        split = "val" if (index // SYNTHETIC_CLASSES) % SYNTHETIC_VAL_EVERY == SYNTHETIC_VAL_EVERY - 1 else "train"
+        picture.save(root / split / wnid / f"{wnid}_{index}.JPEG", quality=90)
     return root
 
 
@@ -161,7 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers for every input path")
     parser.add_argument("--steps", type=int, default=None, help="timed batches (default: 100 on a GPU, 8 on the CPU)")
     parser.add_argument("--untimed-steps", type=int, default=None, help="batches before the clock (default: 10 / 2)")
+    parser.add_argument("--write-synthetic", metavar="FOLDER", default=None,
+                        help="only write --data synthetic:N's JPEGs into FOLDER (a practice ImageNet folder) and stop")
     args = parser.parse_args(argv)
+    if args.write_synthetic:
+        if not args.data.startswith("synthetic"):
+            parser.error("--write-synthetic writes --data synthetic:N (N images)")
+        folder = synthetic_tree(Path(args.write_synthetic), int(args.data.partition(":")[2] or 512))
+        print(f"wrote {folder}: {open_imagenet(folder).description}")
+        return 0
     device = resolve_device(args.device)
     on_cuda = device.type == "cuda"
     batch_size = args.batch_size or (32 if on_cuda else 16)
