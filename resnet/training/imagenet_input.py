@@ -75,7 +75,7 @@ def ten_crop_views(image: Image.Image, sizes: ViewSizes = PAPER_VIEWS) -> torch.
     return torch.stack(TF.ten_crop(resized, [sizes.crop, sizes.crop]))
 
 
-def decode_training_views(encoded: list[torch.Tensor], device: torch.device, generator: torch.Generator,
+def decode_training_views(encoded: list[bytes], device: torch.device, generator: torch.Generator,
                           sizes: ViewSizes = PAPER_VIEWS) -> torch.Tensor:
     """The training views of a batch of JPEG files' bytes, decoded on ``device`` in one call
     (``torchvision.io.decode_jpeg``: nvJPEG on a GPU, libjpeg on the CPU), then scaled, cropped and
@@ -84,7 +84,8 @@ def decode_training_views(encoded: list[torch.Tensor], device: torch.device, gen
     it against the PIL path. N x 3 x crop x crop uint8 on ``device``."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    files = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in encoded]
+    images = decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
     views = []
     for image in images:
         height, width = image.shape[-2:]
@@ -101,7 +102,9 @@ class EncodedImages(torch.utils.data.Dataset):
     """(the file's JPEG bytes, class index) for each (path, class index) of ``items``: what a loader
     hands to ``decode_training_views``. The files a JPEG decoder cannot take as they are (ImageNet's
     PNG under a .JPEG name, its 22 CMYK JPEGs) are decoded here and handed on re-encoded as RGB JPEGs;
-    PIL reads only their headers to tell."""
+    PIL reads only their headers to tell. Plain bytes, not tensors: a worker hands a tensor over by
+    file descriptor, one per image, and a batch of them exhausts the descriptors (measured: the
+    loader's workers failed with EBADF)."""
 
     def __init__(self, items):
         self.items = tuple(items)
@@ -109,19 +112,18 @@ class EncodedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[bytes, int]:
         import io
-
-        from torchvision.io import read_file
+        from pathlib import Path
 
         path, label = self.items[index]
         with Image.open(path) as header:
             plain = header.format == "JPEG" and header.mode in ("RGB", "L")
         if plain:
-            return read_file(path), label
+            return Path(path).read_bytes(), label
         encoded = io.BytesIO()
         load_rgb(path).save(encoded, "JPEG", quality=95)
-        return torch.frombuffer(bytearray(encoded.getvalue()), dtype=torch.uint8), label
+        return encoded.getvalue(), label
 
 
 def encoded_batch(batch):
