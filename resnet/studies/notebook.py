@@ -54,9 +54,10 @@ def run(config: TrainConfig, tracking_uri: str | None = None, parent_run_id: str
 
 
 def run_imagenet(config: ImageNetConfig, tracking_uri: str | None = None, parent_run_id: str | None = None,
-                 progress: bool = True) -> str:
-    """Train an ImageNet cell in its ``world_size`` processes; its MLflow run id. (Each epoch prints
-    one line; there is no per-image bar across processes, so ``progress`` changes nothing.)"""
+                 progress: bool = True) -> str | None:
+    """Train an ImageNet cell in its ``world_size`` processes; its MLflow run id (None on a rank other
+    than 0 of a launcher's world, which writes nothing). Each epoch prints one line; there is no
+    per-image bar across processes, so ``progress`` changes nothing."""
     return train_imagenet(config, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
 
 
