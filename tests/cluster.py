@@ -139,7 +139,9 @@ JobAcctGatherType=jobacct_gather/none
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1
-KillWait=30
+# submitit ignores SIGTERM (a job waits for the USR2 warning), so a cancelled test job lives
+# until the SIGKILL that follows KillWait seconds later: 5 s here, Slurm's default is 30.
+KillWait=5
 MinJobAge=300
 SlurmctldTimeout=30
 SlurmdTimeout=30

@@ -342,34 +342,53 @@ def test_a_data_parallel_cells_slurm_layout_must_hold_its_world():
         data_parallel_options(8, {"nodes": 3, "gpus_per_node": 4})
 
 
-LOAD_CLIENT = textwrap.dedent("""\
-    import json, sys, time
+# One process imports MLflow once, then forks a client process per run (24 imports of MLflow cost
+# half a minute of the machine's two cores); each client makes its own connection after the fork.
+LOAD_CLIENTS = textwrap.dedent("""\
+    import json, os, sys, time, traceback
     from pathlib import Path
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    uri, run_id, go, seconds, out = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-    client = MlflowClient(uri)
-    client.get_run(run_id)  # connect and authenticate before the clock starts
-    Path(out + ".ready").touch()
-    while not go.exists():  # every client starts in the same second
-        time.sleep(0.05)
-    start = float(go.read_text())
-    time.sleep(max(0.0, start - time.time()))
-    latencies, errors = [], []
-    for epoch in range(1, seconds + 1):
-        now = int(time.time() * 1000)
-        metrics = [Metric(key, epoch * 0.5, now, epoch) for key in
-                   ("train_error", "test_error", "train_loss", "test_loss", "lr", "images_per_second",
-                    "max_step_loss", "epoch_seconds")]
-        began = time.perf_counter()
-        try:
-            client.log_batch(run_id, metrics=metrics)
-        except Exception as error:
-            errors.append(repr(error))
-        latencies.append(time.perf_counter() - began)
-        time.sleep(max(0.0, start + epoch - time.time()))
-    json.dump({"latencies": latencies, "errors": errors}, open(out, "w"))
+
+    def log_every_second(uri, run_id, go, seconds, out):
+        client = MlflowClient(uri)
+        client.get_run(run_id)  # connect and authenticate before the clock starts
+        Path(out + ".ready").touch()
+        while not go.exists():  # every client starts in the same second
+            time.sleep(0.05)
+        start = float(go.read_text())
+        time.sleep(max(0.0, start - time.time()))
+        latencies, errors = [], []
+        for epoch in range(1, seconds + 1):
+            now = int(time.time() * 1000)
+            metrics = [Metric(key, epoch * 0.5, now, epoch) for key in
+                       ("train_error", "test_error", "train_loss", "test_loss", "lr", "images_per_second",
+                        "max_step_loss", "epoch_seconds")]
+            began = time.perf_counter()
+            try:
+                client.log_batch(run_id, metrics=metrics)
+            except Exception as error:
+                errors.append(repr(error))
+            latencies.append(time.perf_counter() - began)
+            time.sleep(max(0.0, start + epoch - time.time()))
+        json.dump({"latencies": latencies, "errors": errors}, open(out, "w"))
+
+
+    uri, go, seconds, folder, run_ids = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+    children = []
+    for index, run_id in enumerate(run_ids):
+        child = os.fork()
+        if child == 0:
+            try:
+                log_every_second(uri, run_id, go, seconds, f"{folder}/{index}.json")
+            except BaseException:
+                traceback.print_exc()
+                os._exit(1)
+            os._exit(0)  # a child never returns into the parent's loop
+        children.append(child)
+    failed = [child for child in children if os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) != 0]
+    sys.exit(f"{len(failed)} of {len(children)} clients failed" if failed else 0)
 """)
 LOAD_PROCESSES = 24
 LOAD_SECONDS = 60
@@ -383,16 +402,15 @@ def test_24_processes_logging_every_second_for_a_minute_lose_nothing(services, t
     client = mlflow_store.client(uri)
     experiment = mlflow_store.experiment_id("load", uri)
     run_ids = [client.create_run(experiment, run_name=f"load-{index}").info.run_id for index in range(LOAD_PROCESSES)]
-    script = tmp_path / "client.py"
-    script.write_text(LOAD_CLIENT)
+    script = tmp_path / "clients.py"
+    script.write_text(LOAD_CLIENTS)
     go = tmp_path / "go"
-    processes = [subprocess.Popen([sys.executable, str(script), uri, run_id, str(go), str(LOAD_SECONDS),
-                                   str(tmp_path / f"{index}.json")], env=environment)
-                 for index, run_id in enumerate(run_ids)]
+    clients = subprocess.Popen([sys.executable, str(script), uri, str(go), str(LOAD_SECONDS), str(tmp_path),
+                                *run_ids], env=environment)
     cluster.wait_for(lambda: len(list(tmp_path.glob("*.json.ready"))) == LOAD_PROCESSES, 240, "24 clients ready")
     (tmp_path / "go.tmp").write_text(str(time.time() + 1))
     (tmp_path / "go.tmp").rename(go)  # whole, never half written
-    assert all(process.wait(timeout=300) == 0 for process in processes)
+    assert clients.wait(timeout=300) == 0
     results = [json.loads((tmp_path / f"{index}.json").read_text()) for index in range(LOAD_PROCESSES)]
     errors = [error for result in results for error in result["errors"]]
     latencies = sorted(latency for result in results for latency in result["latencies"])
