@@ -23,6 +23,7 @@ import yaml
 from test_imagenet import make_tree
 from test_imagenet_training import STUDY_TINY
 
+from resnet.studies.cli import main as study_main
 from resnet.studies.pool import cell_environment
 from resnet.studies.slurm import data_parallel_options
 from resnet.studies.spec import StudyError
@@ -156,22 +157,27 @@ def test_cells_never_inherit_an_mlflow_run_id(monkeypatch):
     assert environment == {**inherited, "PYTHONUNBUFFERED": "1"}
 
 
-def test_slurm_executor_refuses_a_local_store_and_unknown_options(tmp_path):
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+def test_slurm_executor_refuses_a_local_store_and_unknown_options(tmp_path, monkeypatch, capsys):
+    for key in [key for key in os.environ if key.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
     study = tmp_path / "two.yaml"
     study.write_text(TWO_CELLS)
-    base = [sys.executable, "-m", "resnet.study", "--study", str(study), "--executor", "slurm", "--data",
-            "synthetic:256"]
-    local = subprocess.run(base + ["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"], cwd=ROOT, env=environment,
-                           capture_output=True, text=True, timeout=120)
-    assert local.returncode == 2 and "needs an MLflow server" in local.stderr and "make server" in local.stderr
-    unknown = subprocess.run(base + ["--tracking-uri", "http://127.0.0.1:9", "--slurm", "partitio=gpu"], cwd=ROOT,
-                             env=environment, capture_output=True, text=True, timeout=120)
+    base = ["--study", str(study), "--executor", "slurm", "--data", "synthetic:256"]
+
+    def refused(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as exit_:
+            study_main(argv)
+        assert exit_.value.code == 2
+        return capsys.readouterr().err
+
+    local = refused(base + ["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert "needs an MLflow server" in local and "make server" in local
+    unknown = refused(base + ["--tracking-uri", "http://127.0.0.1:9", "--slurm", "partitio=gpu"])
     # submitit's own check (no private API): the unknown option, then every legal one with its default.
-    assert unknown.returncode == 2 and "--slurm: Unavailable parameter(s): ['partitio']" in unknown.stderr
-    assert "  - partition (default: None)" in unknown.stderr
-    stray = subprocess.run(base[:-4] + ["--detach"], cwd=ROOT, env=environment, capture_output=True, text=True)
-    assert stray.returncode == 2 and "go with --executor slurm" in stray.stderr
+    assert "--slurm: Unavailable parameter(s): ['partitio']" in unknown
+    assert "  - partition (default: None)" in unknown
+    assert "go with --executor slurm" in refused(base[:-4] + ["--detach"])
+    assert not (tmp_path / "m.db").exists()  # refused before any store was made
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def _runs(store, study):
     return mlflow_store.client(store).search_runs([experiment], max_results=1000)
 
 
-SMOKE_CELLS = ("plain34-s0", "resnet18-B-s0")
+SMOKE_CELLS = ("plain18-s0", "resnet18-B-s0")  # the lightest plain net and a projection shortcut
 
 
 @pytest.mark.slow
@@ -111,7 +111,7 @@ def test_bad_cells_fail_clearly_while_the_others_finish(store, tmp_path, capsys)
 
 
 def test_killed_study_resumes_without_redoing_finished_cells(store, tmp_path):
-    path = _write_study(tmp_path, "  - {model: [resnet20, plain20]}", epochs=6)
+    path = _write_study(tmp_path, "  - {model: [resnet20, plain20]}", epochs=4)
     command = [sys.executable, "-m", "resnet.study", "--study", str(path), "--profile", "test", "--tracking-uri", store]
     environment = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
@@ -149,7 +149,7 @@ def test_killed_study_resumes_without_redoing_finished_cells(store, tmp_path):
     history = mlflow_store.client(store).get_metric_history(
         next(r for r in cells if r.info.run_name == "plain20-s0").info.run_id, "train_error"
     )
-    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
 
 
 def test_study_definition_errors_name_the_legal_values(tmp_path):
