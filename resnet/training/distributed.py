@@ -140,9 +140,11 @@ def _run_rank(rank: int, world_size: int, port: int, backend: str, errors: str, 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     if backend == "gloo":
-        # CPU processes share this machine's cores: each its share, not every core each (the default),
+        # CPU processes share the cores this process may run on (its affinity: a container's or a
+        # scheduler's share, not the whole machine): each its share, not every core each (the default),
         # which oversubscribes them (measured: the tiny profile's epochs took about twice as long).
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // world_size))
     try:
         join(backend)
         function(*args)
