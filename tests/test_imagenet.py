@@ -2,6 +2,8 @@
 the files that break naive loaders (a CMYK JPEG, a grayscale one, a PNG named .JPEG), mixed sizes."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -205,6 +207,57 @@ def test_the_mean_image_is_the_mean_centre_crop(tree):
     crops = torch.stack([centre_view(load_rgb(path)).double() for path, _ in data.train[:3]])
     torch.testing.assert_close(normalise.mean[0].double(), crops.mean(0), rtol=0, atol=1e-4)
     assert normalise.mean.shape == (1, 3, 224, 224) and float(normalise.std) > 0
+    spread = ((crops - crops.mean(0)).square().mean()).sqrt()
+    assert float(normalise.std) == pytest.approx(float(spread), rel=1e-5)
+    # Summed two crops at a time (a chunk boundary inside the sample), by a worker process: the same numbers.
+    chunked = mean_image(data.train, count=3, chunk=2, workers=1)
+    torch.testing.assert_close(chunked.mean, normalise.mean, rtol=0, atol=1e-5)
+    torch.testing.assert_close(chunked.std, normalise.std, rtol=1e-6, atol=0)
+
+
+MEAN_IMAGE_MEMORY = """
+import resource, sys
+import numpy as np
+from PIL import Image
+from resnet.training.imagenet_input import mean_image
+path = sys.argv[1]
+Image.fromarray(np.random.default_rng(0).integers(0, 256, (260, 300, 3), dtype=np.uint8)).save(path, "JPEG")
+mean_image([(path, 0)] * 2000, 2000)  # once to load every library the call uses
+before = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+mean_image([(path, 0)] * 2000, 2000)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(max(0, peak - before))
+"""
+
+
+def test_the_mean_of_2000_crops_at_224_adds_under_1_gib_of_resident_memory(tmp_path):
+    """The mean image is summed in chunks: one stack of 10,000 crops in float64 took about 25 GB a rank."""
+    result = subprocess.run([sys.executable, "-c", MEAN_IMAGE_MEMORY, str(tmp_path / "one.JPEG")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    added = int(result.stdout.split()[-1])
+    assert added < 2**30, f"the mean image added {added / 2**30:.2f} GiB"
+
+
+def test_crops_are_drawn_where_the_generator_lives(tree, monkeypatch):
+    """A CUDA generator (the bench's, the loop's) draws on the GPU: a draw on the CPU's default device
+    with it raises "Expected a 'cpu' device type for generator". Checked on the CPU by the device each
+    draw asks for."""
+    asked = []
+    for name in ("randint", "rand"):
+        original = getattr(torch, name)
+
+        def spy(*args, original=original, **kwargs):
+            asked.append((kwargs.get("device"), kwargs["generator"].device))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(torch, name, spy)
+    items = open_imagenet(tree).train[:3]
+    encoded, _ = encoded_batch([EncodedImages(items)[i] for i in range(len(items))])
+    decode_training_views(encoded, torch.device("cpu"), torch.Generator().manual_seed(0),
+                          ViewSizes(crop=32, scale_min=36, scale_max=48, test_size=36))
+    assert len(asked) == 4 * len(items)  # the scale, the top, the left and the flip of each image
+    assert all(device == generator_device for device, generator_device in asked), asked
 
 
 def test_decoding_a_batch_at_once_gives_the_training_views_the_pil_path_gives(tree):

@@ -15,7 +15,7 @@ import contextlib
 import copy
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -137,16 +137,25 @@ class Normalisation:
                        torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255)
         if kind != "per-pixel":
             raise ConfigError(f"normalisation: unknown normalisation {kind!r}; legal values: per-pixel, per-channel")
-        total = torch.zeros(train_images.shape[1:], dtype=torch.float64, device=device)
-        squares = torch.zeros_like(total)
-        for start in range(0, len(train_images), chunk):  # float64 sums in chunks: 50k images fit anywhere
-            part = train_images[start:start + chunk].double()
-            total += part.sum(dim=0)
-            squares += part.square().sum(dim=0)
-        count = len(train_images)
+        # float64 sums in chunks: 50k images fit anywhere
+        return cls.per_pixel(train_images[start:start + chunk] for start in range(0, len(train_images), chunk))
+
+    @classmethod
+    def per_pixel(cls, batches: Iterable[torch.Tensor]) -> Normalisation:
+        """The per-pixel normalisation of the images in ``batches`` (uint8, N x C x H x W each), summed
+        batch by batch in float64: memory grows with the largest batch, not with their number."""
+        total = squares = None
+        count = 0
+        for part in batches:
+            part = part.to(torch.float64, copy=True)  # squared in place below
+            total = part.sum(dim=0) if total is None else total.add_(part.sum(dim=0))
+            squares = part.square_().sum(dim=0) if squares is None else squares.add_(part.square_().sum(dim=0))
+            count += len(part)
+        if not count:
+            raise ValueError("per-pixel normalisation needs at least one image")
         mean_image = total / count
         variance = (squares / count - mean_image.square()).mean()  # about the mean image, over all pixels
-        return cls(kind, mean_image.float().unsqueeze(0), variance.sqrt().float())
+        return cls("per-pixel", mean_image.float().unsqueeze(0), variance.sqrt().float())
 
     def to(self, device: torch.device) -> Normalisation:
         """The same normalisation with its tensors on ``device`` (where the batches it takes are)."""

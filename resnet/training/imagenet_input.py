@@ -29,6 +29,9 @@ CROPS_PER_IMAGE = 10  # the standard 10-crop test: 4 corners and the centre, and
 # How this input path decodes, as a run records it (the page's provenance names it).
 DECODER = "PIL on the CPU, in DataLoader worker processes"
 NORMALISATION = "per-pixel"  # the mean image subtracted (section 3.4), then one std (engine.Normalisation)
+# Centre crops summed at a time for the mean image: 64 crops of 224x224 are 9.6 MB as uint8 and 77 MB in
+# float64, so the mean of 10,000 (the paper's-scale default) adds about 0.1 GB, not the 25 GB of one stack.
+MEAN_IMAGE_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -89,13 +92,20 @@ def decode_training_views(encoded: list[bytes], device: torch.device, generator:
     views = []
     for image in images:
         height, width = image.shape[-2:]
-        shorter = int(torch.randint(sizes.scale_min, sizes.scale_max + 1, (), generator=generator))
+        shorter = _draw(sizes.scale_min, sizes.scale_max, generator)
         side = sizes.crop * min(height, width) / shorter  # the crop's size in the decoded image's pixels
-        top = int(torch.randint(0, max(1, int(height - side) + 1), (), generator=generator))
-        left = int(torch.randint(0, max(1, int(width - side) + 1), (), generator=generator))
+        top = _draw(0, max(0, int(height - side)), generator)
+        left = _draw(0, max(0, int(width - side)), generator)
         view = TF.resized_crop(image, top, left, round(side), round(side), [sizes.crop, sizes.crop], antialias=True)
-        views.append(TF.horizontal_flip(view) if float(torch.rand((), generator=generator)) < 0.5 else view)
+        flip = float(torch.rand((), generator=generator, device=generator.device)) < 0.5
+        views.append(TF.horizontal_flip(view) if flip else view)
     return torch.stack(views)
+
+
+def _draw(low: int, high: int, generator: torch.Generator) -> int:
+    """A whole number drawn uniformly from [low, high], on the generator's device: torch refuses a CUDA
+    generator for a draw on the CPU (the default device of ``torch.randint``)."""
+    return int(torch.randint(low, high + 1, (), generator=generator, device=generator.device))
 
 
 class EncodedImages(torch.utils.data.Dataset):
@@ -156,11 +166,14 @@ class ImageNetImages(torch.utils.data.Dataset):
         return self.view(image, generator, sizes=self.sizes), label
 
 
-def mean_image(items, count: int, sizes: ViewSizes = PAPER_VIEWS) -> Normalisation:
+def mean_image(items, count: int, sizes: ViewSizes = PAPER_VIEWS, workers: int = 0,
+               chunk: int = MEAN_IMAGE_CHUNK) -> Normalisation:
     """The per-pixel normalisation: the mean 224x224 centre crop of the first ``count`` of ``items``
-    (in a fixed, class-balanced order the caller chooses) and one std about it."""
-    crops = torch.stack([centre_view(load_rgb(path), sizes) for path, _ in list(items)[:count]])
-    return Normalisation.for_images(NORMALISATION, crops)
+    (in a fixed, class-balanced order the caller chooses) and one std about it. Decoded by ``workers``
+    processes and summed ``chunk`` crops at a time, so memory stays bounded whatever ``count`` is."""
+    crops = ImageNetImages(tuple(items)[:count], centre_view, sizes=sizes)
+    loader = torch.utils.data.DataLoader(crops, batch_size=chunk, num_workers=workers)
+    return Normalisation.per_pixel(images for images, _ in loader)
 
 
 def lighting(images: torch.Tensor, normalise: Normalisation, generator: torch.Generator) -> torch.Tensor:
