@@ -18,6 +18,7 @@ Everything that is wrong with a ``DATA`` is a ``DataError`` naming it, before an
 
 from __future__ import annotations
 
+import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ OFFICIAL_ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSV
 # What an image file may be called (ImageNet's own files end in .JPEG); anything else in a class folder
 # (a README, .DS_Store) carries no label and is left alone.
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+UNPACK_LOCK = ".unpacking.lock"  # beside the unpacked tree: held by the one process that unpacks
 
 
 @dataclass(frozen=True)
@@ -125,11 +127,19 @@ def _unpack(archives: Path, fallback: Path) -> Path:
             link = target / name
             if not link.exists():
                 link.symlink_to(archives / name)
-    for split in SPLITS:
+    # Every rank of a data-parallel cell opens the data (torchrun starts them together): one process per
+    # node unpacks while the others wait on the lock, then find the tree and go on.
+    with open(target / UNPACK_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            ImageNet(str(target), split=split)  # verifies each archive's MD5, then unpacks and sorts
-        except RuntimeError as error:
-            raise DataError(f"{archives}: torchvision could not read the official archives ({error})") from error
+            for split in SPLITS:
+                try:
+                    ImageNet(str(target), split=split)  # verifies each archive's MD5, then unpacks and sorts
+                except RuntimeError as error:
+                    raise DataError(f"{archives}: torchvision could not read the official archives ({error})") \
+                        from error
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return target
 
 

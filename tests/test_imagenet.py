@@ -1,9 +1,12 @@
 """ImageNet as users keep it, and the paper's ImageNet input: a synthetic ImageNet-format tree with
 the files that break naive loaders (a CMYK JPEG, a grayscale one, a PNG named .JPEG), mixed sizes."""
 
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from resnet import paper
+from resnet import imagenet, paper
 from resnet.data import DataError
 from resnet.imagenet import OFFICIAL_ARCHIVES, load_rgb, open_imagenet
 from resnet.training.engine import Normalisation, Precision
@@ -103,6 +106,44 @@ def test_a_file_is_not_an_imagenet_folder(tmp_path):
     (tmp_path / "x.tar").write_bytes(b"")
     with pytest.raises(DataError, match="is not a folder; pass a folder holding train/<wnid>/"):
         open_imagenet(tmp_path / "x.tar")
+
+
+class _SlowUnpacker:
+    """Stands in for torchvision's ImageNet parser: "unpacks" a split (makes its folder) if it is not
+    there yet, slowly, and notes when each call ran and whether it unpacked."""
+
+    def __init__(self, root, split):
+        journal = Path(root) / "journal.txt"
+        started = time.time()
+        unpacked = not (Path(root) / split).is_dir()
+        time.sleep(0.3)
+        (Path(root) / split).mkdir(exist_ok=True)
+        with open(journal, "a") as handle:
+            handle.write(f"{os.getpid()} {split} {started} {time.time()} {int(unpacked)}\n")
+
+
+def _unpack_in(archives):
+    imagenet._unpack(archives, archives / "fallback")
+
+
+def test_the_official_archives_are_unpacked_by_one_process_while_the_others_wait(tmp_path, monkeypatch):
+    """torchrun starts every rank at once and each opens the data: one unpacks, the others wait and find
+    the tree (three processes on one node)."""
+    for name in OFFICIAL_ARCHIVES:
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setattr(imagenet, "ImageNet", _SlowUnpacker)
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_unpack_in, args=(tmp_path,)) for _ in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    calls = [line.split() for line in (tmp_path / "journal.txt").read_text().splitlines()]
+    assert len(calls) == 6  # each process looked at both splits
+    assert sorted(split for _, split, _, _, unpacked in calls if unpacked == "1") == ["train", "val"]  # once each
+    spans = sorted((float(start), float(end)) for _, _, start, end, _ in calls)
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))  # never two at once
 
 
 def test_the_training_view_is_a_224_crop_of_the_image_rescaled_to_a_shorter_side_in_256_480(tree):
