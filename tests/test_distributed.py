@@ -8,7 +8,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 from resnet.config import ConfigError
-from resnet.training.distributed import check_world, launch, launched_world
+from resnet.training.distributed import check_world, gpu_for_rank, join, launch, launched_world
 from resnet.training.engine import SGD
 
 STEPS, BATCH = 3, 8  # the global batch: 4 images on each of two ranks
@@ -121,3 +121,32 @@ def test_a_launchers_world_is_checked_per_node_and_must_be_the_runs(monkeypatch)
         check_world(4, "gloo", 256, 0)
     monkeypatch.delenv("MASTER_ADDR")
     assert launched_world() is None
+
+
+SLURM_TASK = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "node-1",
+              "MASTER_PORT": "29500", "SLURM_PROCID": "5", "SLURM_LOCALID": "1"}
+
+
+@pytest.mark.parametrize("binding, visible, device", [
+    ({"SLURM_GPUS_PER_TASK": "1", "CUDA_VISIBLE_DEVICES": "1"}, 1, 0),  # --gpus-per-task: sees its own GPU alone
+    ({"SLURM_GPUS_PER_NODE": "4", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}, 4, 1),  # --gpus-per-node: sees all four
+])
+def test_a_slurm_task_trains_on_its_own_gpu_under_either_binding(monkeypatch, binding, visible, device):
+    """Rank 5 of 8, the second of 4 tasks on its node (what a Slurm task's environment says)."""
+    for key, value in {**SLURM_TASK, **binding}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(dist, "init_process_group", lambda *args, **kwargs: None)
+    assert check_world(8, "nccl", 256, visible, processes_here=launched_world()[1]) == ("nccl", 32)
+    world = join("nccl")
+    assert (world.rank, world.size, world.local_rank) == (5, 8, 1)
+    assert world.device == torch.device("cuda", device) and chosen == [world.device]
+
+
+def test_a_node_with_fewer_gpus_than_its_tasks_is_refused_under_a_shared_binding():
+    with pytest.raises(ConfigError, match="4 GPU processes asked for on this node, but only 2 GPUs are visible"):
+        check_world(8, "nccl", 256, 2, processes_here=4)
+    with pytest.raises(ConfigError, match="local rank 3 has no GPU: this process sees 2 GPUs"):
+        gpu_for_rank(3, 2)

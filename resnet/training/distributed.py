@@ -80,7 +80,10 @@ def check_world(world_size: int, backend: str, global_batch: int, visible_gpus: 
     if resolved == "nccl" and not visible_gpus:
         raise ConfigError("backend: nccl needs CUDA GPUs and none is visible here; use gloo (or auto) on a CPU")
     here = world_size if processes_here is None else processes_here
-    if resolved == "nccl" and here > visible_gpus:
+    # A launched task that sees one GPU is bound to its own (Slurm's --gpus-per-task, CUDA_VISIBLE_DEVICES
+    # set per task): the node's other tasks see theirs. Two ranks on one GPU NCCL itself refuses at start.
+    bound_per_task = processes_here is not None and visible_gpus == 1
+    if resolved == "nccl" and here > visible_gpus and not bound_per_task:
         raise ConfigError(f"world_size: {here} GPU processes asked for on this node, but only {visible_gpus} "
                           f"GPU{'s are' if visible_gpus != 1 else ' is'} visible; use at most {visible_gpus}")
     launched = launched_world()
@@ -90,14 +93,26 @@ def check_world(world_size: int, backend: str, global_batch: int, visible_gpus: 
     return resolved, global_batch // world_size
 
 
+def gpu_for_rank(local_rank: int, visible_gpus: int) -> int:
+    """The index, among the GPUs this process sees, of the one it trains on: device 0 for a task bound to
+    one GPU of its own (it sees only that one), else the GPU of its local rank (every task of the node
+    sees all of them: torchrun, Slurm's --gpus-per-node)."""
+    if visible_gpus == 1:
+        return 0
+    if 0 <= local_rank < visible_gpus:
+        return local_rank
+    raise ConfigError(f"local rank {local_rank} has no GPU: this process sees {visible_gpus} GPUs; start at most "
+                      f"{visible_gpus} processes on this node, or bind one GPU to each task")
+
+
 def join(backend: str, timeout: datetime.timedelta = COLLECTIVE_TIMEOUT) -> World:
     """Join the process group that torchrun (or ``launch``, or a Slurm task) set up in the
     environment; a single process without those variables is a world of one."""
     rank, size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if backend == "nccl":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", gpu_for_rank(local_rank, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     if size > 1 and not dist.is_initialized():
