@@ -18,6 +18,9 @@ from .config import PRECISIONS, ConfigError, from_mapping, identity_hash, resolv
 from .models import architecture, resolve_shortcut
 
 IMAGENET_BATCH_SIZE = 256  # section 3.4: "SGD with a mini-batch size of 256"
+# The paper's machine: 8 GPUs of 32 images, so BatchNorm's statistics are over 32 images (no SyncBN).
+PAPER_WORLD_SIZE = 8
+PAPER_PRECISION = "fp32"  # 2015: no reduced-precision training
 LR_DROP_EPOCHS = (30, 60)  # our reading of Figure 4's drops (see above)
 EPOCHS = 90  # "up to 60 x 10^4 iterations"; Figure 4 ends near 45 x 10^4 = 90 epochs of 1.28M at 256
 BACKENDS = ("auto", "nccl", "gloo")
@@ -95,7 +98,9 @@ class ImageNetConfig:
 
     @property
     def cut(self) -> list[str]:
-        """What this run cuts from the paper's recipe, in words (the page prints it beside its numbers)."""
+        """What this run departs from the paper's setting, in words (the page prints it beside its numbers):
+        the batch and its learning rate, the views, the data, the schedule, the world (batch-norm statistics
+        per process) and the arithmetic. Asked of a config resolved for its device (``precision`` not auto)."""
         cuts = []
         if self.batch_size != IMAGENET_BATCH_SIZE:
             cuts.append(f"global batch {self.batch_size}, lr {self.effective_lr:g} by linear scaling")
@@ -108,6 +113,13 @@ class ImageNetConfig:
                         "images per class")
         if self.epochs != EPOCHS or tuple(self.lr_drop_epochs) != LR_DROP_EPOCHS:
             cuts.append(f"{self.epochs} epochs, lr / 10 at epochs {', '.join(map(str, self.lr_drop_epochs))}")
+        per_process = self.batch_size // self.world_size
+        if self.world_size != PAPER_WORLD_SIZE or per_process != IMAGENET_BATCH_SIZE // PAPER_WORLD_SIZE:
+            cuts.append(f"{self.world_size} process{'es' if self.world_size > 1 else ''} of {per_process} images "
+                        f"(batch-norm statistics per {per_process} images; the paper: {PAPER_WORLD_SIZE} GPUs of "
+                        f"{IMAGENET_BATCH_SIZE // PAPER_WORLD_SIZE})")
+        if self.precision not in (PAPER_PRECISION, "auto"):
+            cuts.append(f"{self.precision} arithmetic (the paper: {PAPER_PRECISION})")
         return cuts
 
     def lr_at_epoch(self, epoch: int) -> float:

@@ -1,10 +1,15 @@
 """The ImageNet cell on the CPU, as the tiny profile runs it: two gloo processes, small views."""
 
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from html import unescape
 
 import pytest
+import torch
 import yaml
 from conftest import ROOT
 from test_imagenet import make_tree
@@ -17,6 +22,7 @@ from resnet.studies.cli import main
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store
 from resnet.training import imagenet_loop
+from resnet.training.distributed import launch
 from resnet.training.imagenet_loop import train_imagenet
 
 TINY = dict(model="resnet18", shortcut="A", epochs=2, batch_size=4, crop=32, scale_min=36, scale_max=48,
@@ -155,3 +161,129 @@ def test_an_imagenet_study_without_data_says_where_to_point(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--study", "imagenet", "--profile", "tiny", "--list"])
     assert "data: ImageNet cannot be downloaded; give a folder with train/<wnid>/" in capsys.readouterr().err
+
+
+def _checkpoints(folder):
+    """The epoch checkpoints in ``folder`` (the cell's mean image lies beside them)."""
+    return [path for path in folder.glob("*.pt") if not path.name.endswith(".mean-image.pt")]
+
+
+STOPPED_CELL = """
+import sys
+from resnet.imagenet_config import ImageNetConfig
+from resnet.training.imagenet_loop import train_imagenet
+settings, uri, checkpoints = eval(sys.argv[1]), sys.argv[2], sys.argv[3]
+train_imagenet(ImageNetConfig(**settings), tracking_uri=uri, checkpoint_dir=checkpoints)
+"""
+
+
+def test_a_sigterm_stops_a_two_process_cell_as_killed_and_the_rerun_finishes_it_in_the_same_run(store, tmp_path):
+    """The pool's stop (SIGTERM to the cell's process group), mid-epoch: rank 0 marks the run KILLED, the
+    checkpoint of the last whole epoch stays, and the rerun resumes it into the same run, each epoch once."""
+    tree = make_tree(tmp_path / "imagenet", per_class=12)
+    settings = {**TINY, "epochs": 3, "train_subset": 12, "data": str(tree), "world_size": 2, "backend": "gloo"}
+    checkpoints = tmp_path / "checkpoints"
+    cell = subprocess.Popen([sys.executable, "-c", STOPPED_CELL, repr(settings), store, str(checkpoints)],
+                            cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not _checkpoints(checkpoints):
+        assert cell.poll() is None and time.monotonic() < deadline, cell.stdout.read().decode()[-3000:]
+        time.sleep(0.05)
+    time.sleep(0.2)  # into the second epoch
+    os.killpg(cell.pid, signal.SIGTERM)
+    output = cell.communicate(timeout=120)[0].decode()
+    assert cell.returncode != 0, output[-3000:]
+    client = mlflow_store.client(store)
+    (killed,) = client.search_runs([mlflow_store.experiment_id("unit-imagenet", store)])
+    assert killed.info.status == keys.STATUS_KILLED, output[-3000:]
+    assert killed.data.tags[keys.FAILURE_REASON_TAG].startswith("interrupted (signal SIGTERM)")
+    done = sorted(point.step for point in client.get_metric_history(killed.info.run_id, "train_error"))
+    assert done in ([1], [2], [1, 2]) and done[0] == 1  # what was recorded before the stop, each epoch once
+    run_id = train_imagenet(ImageNetConfig(**settings), tracking_uri=store, checkpoint_dir=checkpoints)
+    assert run_id == killed.info.run_id
+    assert client.get_run(run_id).info.status == keys.STATUS_FINISHED
+    for key in ("train_error", "val_error", "step"):
+        assert sorted(point.step for point in client.get_metric_history(run_id, key)) == [1, 2, 3], key
+    assert not list(checkpoints.iterdir())  # the checkpoint and the cell's mean image end with the run
+
+
+def _resume_from_my_own_folder(config, uri, folder):
+    """One rank of a cell whose checkpoint only rank 0 finds (a runs folder local to each node)."""
+    rank = torch.distributed.get_rank()
+    imagenet_loop._Cell(config, uri, None, f"{folder}/rank{rank}/cell.pt", "gloo")()
+
+
+def test_ranks_that_restored_different_states_stop_with_a_clear_error_not_a_hang(store, tree, tmp_path, monkeypatch):
+    config = ImageNetConfig(**TINY, data=str(tree)).resolved_for("cpu")
+    finish_epoch = imagenet_loop._Training._epoch
+
+    def killed_in_epoch_two(self, epoch, state):
+        if epoch == 2:
+            raise KeyboardInterrupt("signal SIGTERM")
+        return finish_epoch(self, epoch, state)
+
+    monkeypatch.setattr(imagenet_loop._Training, "_epoch", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_imagenet(config, tracking_uri=store, checkpoint_dir=tmp_path / "one")
+    (checkpoint,) = _checkpoints(tmp_path / "one")
+    (tmp_path / "nodes" / "rank0").mkdir(parents=True)
+    (tmp_path / "nodes" / "rank1").mkdir()
+    shutil.copy(checkpoint, tmp_path / "nodes" / "rank0" / "cell.pt")  # rank 1's node has none
+    two = ImageNetConfig(**{**TINY, "world_size": 2, "backend": "gloo"}, data=str(tree)).resolved_for("cpu")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"rank \d of 2 failed: RuntimeError: rank 1 of 2 restored 0 epochs "
+                                           r"\(parameter checksum .*\) where rank 0 restored 1 .*every rank must read "
+                                           r"the same checkpoint"):
+        launch(_resume_from_my_own_folder, 2, "gloo", two, store, str(tmp_path / "nodes"))
+    assert time.monotonic() - started < 120  # not the 10-minute collective timeout
+
+
+def test_fewer_validation_images_than_processes_is_refused_before_any_process_starts(tree):
+    config = ImageNetConfig(**{**TINY, "val_subset": 1, "batch_size": 8}, data=str(tree), world_size=4,
+                            backend="gloo")
+    with pytest.raises(ConfigError, match="val_subset: 3 validation images for 4 processes; each process validates "
+                                          "a share of them and needs at least one: use at most 3 processes"):
+        train_imagenet(config)
+
+
+def test_a_resume_reads_the_cells_mean_image_and_the_loaders_are_built_once(store, tree, tmp_path, monkeypatch):
+    """The mean image is decoded once per cell (saved beside the checkpoint for a resume; rank 0's handed
+    to the others); the validation loader is built once, not every epoch."""
+    config = ImageNetConfig(**{**TINY, "epochs": 3}, data=str(tree))
+    built = []
+
+    class CountedLoader(torch.utils.data.DataLoader):
+        def __init__(self, dataset, **options):
+            built.append(dataset.view.__name__)
+            super().__init__(dataset, **options)
+
+    monkeypatch.setattr(imagenet_loop, "DataLoader", CountedLoader)
+    finish_epoch = imagenet_loop._Training._epoch
+
+    def killed_in_epoch_three(self, epoch, state):
+        if epoch == 3:
+            raise KeyboardInterrupt("signal SIGTERM")
+        return finish_epoch(self, epoch, state)
+
+    monkeypatch.setattr(imagenet_loop._Training, "_epoch", killed_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        train_imagenet(config, tracking_uri=store, checkpoint_dir=tmp_path / "checkpoints")
+    assert built == ["training_view", "centre_view"]  # two epochs validated through the one loader
+    (saved,) = (tmp_path / "checkpoints").glob("*.mean-image.pt")
+    monkeypatch.setattr(imagenet_loop._Training, "_epoch", finish_epoch)
+    monkeypatch.setattr(imagenet_loop, "mean_image", lambda *args, **kwargs: pytest.fail("decoded the sample again"))
+    train_imagenet(config, tracking_uri=store, checkpoint_dir=tmp_path / "checkpoints")
+    assert built[2:] == ["training_view", "centre_view", "ten_crop_views"] and not saved.exists()
+
+
+def test_on_a_gpu_the_loaders_pin_their_batches_and_cudnn_picks_its_kernels_once(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    imagenet_loop.prepare_device(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    imagenet_loop.prepare_device(torch.device("cuda", 0))
+    assert torch.backends.cudnn.benchmark is True
+    images = list(range(4))
+    assert imagenet_loop.loader(images, 2, 0, torch.device("cuda", 0)).pin_memory is True
+    assert imagenet_loop.loader(images, 2, 0, torch.device("cpu")).pin_memory is False
+    assert imagenet_loop.loader(images, 2, 2, torch.device("cpu"), keep_workers=True).persistent_workers is True
+    assert imagenet_loop.loader(images, 2, 2, torch.device("cpu")).persistent_workers is False  # set_epoch reaches it

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import socket
 import tempfile
 import time
@@ -29,6 +30,7 @@ import torch.multiprocessing as mp
 
 from ..config import ConfigError
 from ..imagenet_config import BACKENDS
+from .stop import StopSignals
 
 # Long enough for rank 0's slowest solitary work between collectives (an epoch's checkpoint and its
 # MLflow records); short enough that a dead rank ends the cell within minutes, not hours.
@@ -129,14 +131,40 @@ def launch(function: Callable[..., Any], world_size: int, backend: str, *args: A
     """Run ``function(*args)`` in ``world_size`` fresh processes on this machine, joined as one
     process group (the notebook's way to train a cell on several GPUs or CPU processes). Returns
     when all have finished; if one raises, the others are stopped and a ``RuntimeError`` names its
-    rank and its error."""
+    rank and its error. A stop signal to this process (SIGTERM, SIGUSR2) is passed on to the ranks, which
+    record the stop, and then raises ``KeyboardInterrupt`` here."""
     port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="resnet-ranks-") as errors:
+    with tempfile.TemporaryDirectory(prefix="resnet-ranks-") as errors, StopSignals():
+        context = mp.start_processes(_run_rank, args=(world_size, port, backend, errors, function, args),
+                                     nprocs=world_size, join=False, start_method="spawn")
         try:
-            mp.spawn(_run_rank, args=(world_size, port, backend, errors, function, args), nprocs=world_size,
-                     join=True)
+            while not context.join():
+                pass
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
             raise RuntimeError(_first_failure(Path(errors), error, world_size)) from None
+        except KeyboardInterrupt:
+            _stop_ranks(context.processes)
+            raise
+
+
+# How long the ranks of a stopped cell get to record the stop (rank 0 marks the run KILLED) before they
+# are killed: inside the study pool's own patience with a cell (pool.CELL_STOP_SECONDS).
+RANK_STOP_SECONDS = 15
+
+
+def _stop_ranks(processes) -> None:
+    """Pass a stop on to the ranks (SIGTERM, which each handles as a stop: ``training.stop``; a rank
+    that had it already ignores the second) and wait for them; kill what still runs after
+    ``RANK_STOP_SECONDS``."""
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + RANK_STOP_SECONDS
+    for process in processes:
+        process.join(timeout=max(0.1, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _first_failure(errors: Path, error: Exception, world_size: int) -> str:

@@ -34,7 +34,7 @@ from ..models import build_model
 from ..paths import atomic_write_bytes, runs_dir
 from ..tracking import keys, store
 from .distributed import World, check_world, join, launch, launched_world, leave, sum_over_ranks
-from .engine import SGD, Precision, StepMetrics
+from .engine import SGD, Normalisation, Precision, StepMetrics
 from .imagenet_input import (
     DECODER,
     NORMALISATION,
@@ -48,6 +48,7 @@ from .imagenet_input import (
     top_hits,
     training_view,
 )
+from .stop import StopSignals
 
 
 def train_imagenet(config: ImageNetConfig, *, tracking_uri: str | None = None, parent_run_id: str | None = None,
@@ -61,7 +62,13 @@ def train_imagenet(config: ImageNetConfig, *, tracking_uri: str | None = None, p
     backend, _ = check_world(config.world_size, config.backend, config.batch_size, visible,
                              launched[1] if launched else None)
     config = config.resolved_for("cuda" if backend == "nccl" else "cpu")
-    open_imagenet(config.data)  # a DATA that cannot be read fails here, in one process
+    data = open_imagenet(config.data)  # a DATA that cannot be read fails here, in one process
+    validation_images = len(_per_class(data.val, config.val_subset))
+    if validation_images < config.world_size:
+        # Each rank validates its own share: an empty share would leave its collectives out of step.
+        raise ConfigError(f"val_subset: {validation_images} validation images for {config.world_size} processes; "
+                          f"each process validates a share of them and needs at least one: use at most "
+                          f"{validation_images} processes, or more validation images")
     main_rank = launched is None or int(os.environ.get("RANK", 0)) == 0
     uri = store.prepare_store(tracking_uri) if main_rank else store.resolve_tracking_uri(tracking_uri)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else runs_dir() / config.study / "checkpoints"
@@ -126,6 +133,7 @@ class _Training:
         self.train_items = _per_class(self.data.train, config.train_subset)
         self.val_items = _per_class(self.data.val, config.val_subset)
         self.per_rank = config.batch_size // world.size
+        prepare_device(world.device)
         self.precision = Precision.for_device(config.precision, world.device)
         torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
         network = self.precision.place_model(build_model(config.model, shortcut=config.shortcut, stem="imagenet",
@@ -136,14 +144,16 @@ class _Training:
         self.model = DistributedDataParallel(network) if world.size > 1 else network
         self.lr = torch.tensor(config.lr_at_epoch(1), device=world.device)
         self.optimizer = SGD(self.model.parameters(), self.lr, config.momentum, config.weight_decay)
-        self.normalise = mean_image(self.train_items, min(config.mean_images, len(self.train_items)),
-                                    self.sizes).to(world.device)  # made on the CPU, used where the batches are
+        self.normalise = self._normalisation()
         self.generator = torch.Generator(device=world.device)  # the colour draws: seeded per epoch and rank
         self.train_set = ImageNetImages(self.train_items, training_view, seed=config.seed, sizes=self.sizes)
         self.sampler = DistributedSampler(self.train_set, num_replicas=world.size, rank=world.rank, shuffle=True,
                                           seed=config.seed, drop_last=True)
-        self.loader = DataLoader(self.train_set, batch_size=self.per_rank, sampler=self.sampler, drop_last=True,
-                                 num_workers=config.workers, pin_memory=world.device.type == "cuda")
+        self.loader = loader(self.train_set, self.per_rank, config.workers, world.device, sampler=self.sampler,
+                             drop_last=True)
+        # Built once: with workers, they stay up between epochs rather than starting anew for each check.
+        self.validation_loader = loader(ImageNetImages(self._mine(self.val_items), centre_view, sizes=self.sizes),
+                                        self.per_rank, config.workers, world.device, keep_workers=True)
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch < 1:
             raise ConfigError(f"batch_size: the global batch {config.batch_size} is larger than the "
@@ -153,37 +163,52 @@ class _Training:
     # ------------------------------------------------------------------------------------------
     def run(self) -> None:
         state = self._restore()
+        self._check_same_start(state)
         client = store.client(self.cell.uri) if self.world.is_main else None
         if self.world.is_main:
             state.run_id = store.reopen_run(client, state.run_id) if state.run_id else None
             if state.run_id is None:
                 state.run_id = self._create_run(client)
                 store.log_metrics(client, state.run_id, state.history)
-        try:
-            for epoch in range(len(state.history) + 1, self.config.epochs + 1):
-                metrics = self._epoch(epoch, state)
-                state.history.append(metrics)
+        # As the CIFAR loop: a stop signal (the pool's SIGTERM, Slurm's warning) stops the rank as Ctrl-C
+        # does, but waits while an epoch is being recorded, so that a resume never logs an epoch twice.
+        with StopSignals() as signals:
+            try:
+                for epoch in range(len(state.history) + 1, self.config.epochs + 1):
+                    metrics = self._epoch(epoch, state)
+                    with signals.recording():
+                        state.history.append(metrics)
+                        if self.world.is_main:
+                            store.log_metrics(client, state.run_id, [metrics])
+                            self._save(state)
+                    if self.world.is_main:
+                        print(f"{self.config.run_name} epoch {epoch:>3}/{self.config.epochs}  train_error "
+                              f"{metrics['train_error']:6.2f}%  val_error {metrics['val_error']:6.2f}%  "
+                              f"lr {metrics['lr']:.4g}  {metrics['images_per_second']:,.0f} img/s", flush=True)
+                final = self._ten_crop()
+            except BaseException as error:
+                signals.stopping = True  # from here a signal is noted, not raised: the end is being recorded
                 if self.world.is_main:
-                    store.log_metrics(client, state.run_id, [metrics])
-                    self._save(state)
-                    print(f"{self.config.run_name} epoch {epoch:>3}/{self.config.epochs}  train_error "
-                          f"{metrics['train_error']:6.2f}%  val_error {metrics['val_error']:6.2f}%  "
-                          f"lr {metrics['lr']:.4g}  {metrics['images_per_second']:,.0f} img/s", flush=True)
-            final = self._ten_crop()
-        except KeyboardInterrupt as stop:
-            if self.world.is_main:
-                store.end_run(client, state.run_id, keys.STATUS_KILLED,
-                              f"interrupted ({stop or 'Ctrl-C'}); rerun to resume from the last epoch")
-            raise
-        except Exception as error:
-            if self.world.is_main:
-                store.end_run(client, state.run_id, keys.STATUS_FAILED, f"{type(error).__name__}: {error}")
-            raise
+                    self._record_end(client, state, error, signals)
+                raise
         if self.world.is_main:
             store.log_metrics(client, state.run_id, [{"epoch": state.history[-1]["epoch"], **final}])
             store.log_files(client, state.run_id, {"config.json": json.dumps(self.config.to_dict(), indent=2).encode()})
             client.set_terminated(state.run_id, keys.STATUS_FINISHED)
             Path(self.cell.checkpoint).unlink(missing_ok=True)
+            self._mean_image_file.unlink(missing_ok=True)
+
+    def _record_end(self, client, state: _State, error: BaseException, signals: StopSignals) -> None:
+        """KILLED for a stop, FAILED for anything else. A partner rank that stopped on the same signal
+        may end this rank's collective first: an error here within a moment of a signal is the stop."""
+        partner_stopped = self.world.size > 1 and not isinstance(error, KeyboardInterrupt) and isinstance(
+            error, Exception) and signals.signalled_within(STOP_GRACE_SECONDS)
+        if isinstance(error, KeyboardInterrupt) or partner_stopped:
+            why = error if isinstance(error, KeyboardInterrupt) and str(error) else signals.received or "Ctrl-C"
+            store.end_run(client, state.run_id, keys.STATUS_KILLED,
+                          f"interrupted ({why}); rerun to resume from the last epoch")
+        else:
+            store.end_run(client, state.run_id, keys.STATUS_FAILED, f"{type(error).__name__}: {error}")
 
     def _epoch(self, epoch: int, state: _State) -> dict[str, float]:
         self.sampler.set_epoch(epoch)
@@ -196,8 +221,8 @@ class _Training:
         self.model.train()
         started = time.perf_counter()
         for images, labels in self.loader:
-            labels = labels.to(self.world.device)
-            inputs = self.normalise(images.to(self.world.device), torch.float32)
+            labels = labels.to(self.world.device, non_blocking=True)  # from pinned memory on a GPU
+            inputs = self.normalise(images.to(self.world.device, non_blocking=True), torch.float32)
             inputs = self.precision.layout(lighting(inputs, self.normalise, self.generator).to(
                 self.precision.input_dtype))
             self.optimizer.zero_grad()
@@ -222,12 +247,12 @@ class _Training:
 
     @torch.no_grad()
     def _validate(self) -> tuple[float, float, float]:
-        view = ImageNetImages(self._mine(self.val_items), centre_view, sizes=self.sizes)
         self.model.eval()
         totals = torch.zeros(4, device=self.world.device, dtype=torch.float64)  # loss, top-1 and top-5 hits, images
-        for images, labels in DataLoader(view, batch_size=self.per_rank, num_workers=self.config.workers):
-            labels = labels.to(self.world.device)
-            inputs = self.precision.layout(self.normalise(images.to(self.world.device), self.precision.input_dtype))
+        for images, labels in self.validation_loader:
+            labels = labels.to(self.world.device, non_blocking=True)
+            inputs = self.precision.layout(self.normalise(images.to(self.world.device, non_blocking=True),
+                                                          self.precision.input_dtype))
             with self.precision.autocast():
                 logits = self.model(inputs).float()
             loss = F.cross_entropy(logits, labels, reduction="sum").double().view(1)
@@ -240,7 +265,7 @@ class _Training:
         """Tables 2 and 3: top-1 and top-5 error of the 10-crop test over every validation image."""
         view = ImageNetImages(self._mine(self.val_items), ten_crop_views, sizes=self.sizes)
         hits = torch.zeros(3, device=self.world.device, dtype=torch.float64)  # top-1 and top-5 hits, images
-        for crops, labels in DataLoader(view, batch_size=max(1, self.per_rank // 10), num_workers=self.config.workers):
+        for crops, labels in loader(view, max(1, self.per_rank // 10), self.config.workers, self.world.device):
             scores = ten_crop_scores(self.network, crops, self.normalise, self.precision)
             hits += torch.cat([top_hits(scores, labels), hits.new_tensor([len(labels)])])
         top1, top5, count = sum_over_ranks(hits).tolist()
@@ -259,6 +284,54 @@ class _Training:
             print(f"resuming {self.config.run_name} at epoch {len(saved['history']) + 1}/{self.config.epochs} "
                   f"(MLflow run {saved['run_id']})", flush=True)
         return _State(saved["history"], saved["step"], saved["run_id"])
+
+    def _check_same_start(self, state: _State) -> None:
+        """Every rank must start where rank 0 does: the same epochs done and the same weights. A rank that
+        found no checkpoint (a runs folder local to its node) would otherwise train other epochs than its
+        partners, and their collectives would wait for each other until the timeout."""
+        if self.world.size == 1:
+            return
+        checksum = sum(float(p.detach().double().sum()) for p in self.network.parameters())
+        mine = torch.tensor([len(state.history), checksum], dtype=torch.float64, device=self.world.device)
+        everyone = [torch.zeros_like(mine) for _ in range(self.world.size)]
+        dist.all_gather(everyone, mine)
+        first = everyone[0].tolist()
+        for rank, (epochs, weights) in enumerate(value.tolist() for value in everyone):
+            if (epochs, weights) != tuple(first):
+                raise RuntimeError(
+                    f"rank {rank} of {self.world.size} restored {int(epochs)} epochs (parameter checksum "
+                    f"{weights:.9g}) where rank 0 restored {int(first[0])} (checksum {first[1]:.9g}): every rank "
+                    f"must read the same checkpoint, {self.cell.checkpoint}; on several nodes, put the runs folder "
+                    "where every "
+                    "node reaches it (--runs-dir, RESNET_RUNS_DIR)")
+
+    @property
+    def _mean_image_file(self) -> Path:
+        return Path(self.cell.checkpoint).with_suffix(".mean-image.pt")
+
+    def _normalisation(self) -> Normalisation:
+        """The per-pixel mean image and std, computed once per cell: rank 0 decodes the sample (or reads
+        what it saved beside the checkpoint at the cell's first start) and hands it to every rank."""
+        config, world = self.config, self.world
+        if world.is_main:
+            path = self._mean_image_file
+            if path.is_file():
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                normalise = Normalisation(NORMALISATION, saved["mean"], saved["std"])
+            else:
+                normalise = mean_image(self.train_items, min(config.mean_images, len(self.train_items)), self.sizes,
+                                       workers=config.workers)
+                buffer = io.BytesIO()
+                torch.save({"mean": normalise.mean, "std": normalise.std}, buffer)
+                atomic_write_bytes(path, buffer.getvalue())
+            normalise = normalise.to(world.device)
+        else:
+            normalise = Normalisation(NORMALISATION, torch.empty(1, 3, config.crop, config.crop, device=world.device),
+                                      torch.empty((), device=world.device))
+        if world.size > 1:
+            dist.broadcast(normalise.mean, 0)
+            dist.broadcast(normalise.std, 0)
+        return normalise
 
     def _save(self, state: _State) -> None:
         buffer = io.BytesIO()
@@ -285,6 +358,26 @@ class _Training:
                   "val_images": len(self.val_items), keys.TOTAL_STEPS_PARAM: self.steps_per_epoch * config.epochs,
                   "cut_from_the_recipe": "; ".join(config.cut) or "none"}
         return store.create_run(client, experiment, config.run_name, tags, params)
+
+
+# How long rank 0 waits, after a collective failed, for the stop signal that may have ended a partner first.
+STOP_GRACE_SECONDS = 2.0
+
+
+def prepare_device(device: torch.device) -> None:
+    """cuDNN picks its fastest convolution for each shape once (the views are fixed-size), as torchvision's
+    reference does."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def loader(dataset, batch_size: int, workers: int, device: torch.device, keep_workers: bool = False,
+           **options) -> DataLoader:
+    """A DataLoader for ``device``: pinned batches on a GPU (their copies then overlap the step). With
+    ``keep_workers`` its workers stay up between passes; never for the training set, whose workers must
+    start each epoch with its new ``set_epoch`` (a kept worker holds the copy it started with)."""
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
+                      persistent_workers=keep_workers and workers > 0, **options)
 
 
 def _per_class(items, limit: int | None) -> tuple[tuple[str, int], ...]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from typing import Any
 
 
@@ -27,6 +28,7 @@ class StopSignals:
         self.recording_epoch = False
         self.pending: str | None = None
         self.stopping = False
+        self.received: str | None = None  # the first stop signal, even one that came while stopping
         self.previous: dict[int, Any] = {}
 
     def __enter__(self):
@@ -40,14 +42,24 @@ class StopSignals:
         return False
 
     def _stop(self, signum, frame):
+        name = f"signal {signal.Signals(signum).name}"
+        self.received = self.received or name
         if self.stopping:
             return
-        name = f"signal {signal.Signals(signum).name}"
         if self.recording_epoch:
             self.pending = name
             return
         self.stopping = True
         raise KeyboardInterrupt(name)
+
+    def signalled_within(self, seconds: float) -> bool:
+        """Whether a stop signal has come, or comes within ``seconds``. A data-parallel rank whose
+        collective failed asks this: a partner that stopped on the same signal a moment earlier ends the
+        collective before the signal reaches this process, and the run was then stopped, not broken."""
+        deadline = time.monotonic() + seconds
+        while self.received is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # a signal cuts the sleep short and its handler notes it
+        return self.received is not None
 
     @contextlib.contextmanager
     def recording(self):
