@@ -321,3 +321,19 @@ def test_decoding_a_batch_at_once_gives_the_training_views_the_pil_path_gives(tr
         difference = min((ours.float() - candidate.float()).abs().mean() for candidate in
                          (reference, reference.flip(-1)))
         assert difference < 3.0  # two antialiased bilinear resizes of the same pixels (JPEG decoders differ too)
+
+
+def test_the_cut_names_every_departure_from_the_papers_setting():
+    """8 GPUs of 32 images in fp32 is the paper's setting (section 3.4); anything else is named."""
+    from resnet.imagenet_config import ImageNetConfig
+
+    paper_run = ImageNetConfig(data="/data/imagenet", world_size=8).resolved_for("cuda")
+    assert paper_run.resolved_for("cuda").precision == "bf16"  # the GPU's default here is not the paper's
+    assert ImageNetConfig(data="/data/imagenet", world_size=8, precision="fp32").cut == []
+    assert paper_run.cut == ["bf16 arithmetic (the paper: fp32)"]
+    one_gpu = ImageNetConfig(data="/data/imagenet", precision="fp32")
+    assert one_gpu.cut == ["1 process of 256 images (batch-norm statistics per 256 images; the paper: 8 GPUs of 32)"]
+    four_of_64 = ImageNetConfig(data="/data/imagenet", world_size=4, batch_size=256, precision="fp32", epochs=2,
+                                lr_drop_epochs=[1])
+    assert four_of_64.cut == ["2 epochs, lr / 10 at epochs 1",
+                              "4 processes of 64 images (batch-norm statistics per 64 images; the paper: 8 GPUs of 32)"]

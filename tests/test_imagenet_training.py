@@ -154,7 +154,7 @@ def test_the_tiny_profile_runs_each_cell_as_two_processes_through_its_notebook(s
         "Data-parallel: world", "World")
     assert "Data: imagenet/ (image folder: 3 classes, 12 training and 12 validation images)." in html
     assert html.count("(n = 1)") == 2  # its 10-crop top-1 and top-5, one seed
-    assert html.count('<p class="verdict undecided">Not decided: ') == 3
+    assert html.count('<p class="verdict undecided">Not decided: ') == 6  # 3 claims, in training and 10-crop
 
 
 def test_an_imagenet_study_without_data_says_where_to_point(tmp_path, capsys):

@@ -411,14 +411,16 @@ def test_imagenet_runs_give_figure_4_tables_2_and_3_and_the_three_verdicts_with_
     assert main(["--tracking-uri", store, "--output", str(output), "--csv", str(tmp_path / "all.csv")]) == 0
     html = unescape(output.read_text())
     assert re.findall(r"<h2>([^<]+)</h2>", html) == ["The paper's own experiment: ImageNet (Figure 4, Tables 2 and 3)"]
-    assert "Here on\nImageNet, with the paper's recipe." in html
+    assert "Here on\nImageNet, with the paper's recipe except where a warning below names what the runs cut" in html
     assert (tmp_path / "figures" / "figure4-imagenet.png").is_file()
     frame = collect_runs("imagenet", store, metrics=IMAGENET_METRICS)
     report = build_report(frame.iloc[0:0], imagenet=frame)
-    assert list(report.verdicts) == ["imagenet-degradation", "imagenet-shortcuts-A", "imagenet-depth-A"]
-    expected = {"imagenet-degradation": ("plain18", "none", "plain34", "none"),
-                "imagenet-shortcuts-A": ("plain34", "none", "resnet34", "A"),
-                "imagenet-depth-A": ("resnet18", "A", "resnet34", "A")}
+    claims = {"imagenet-degradation": ("plain18", "none", "plain34", "none"),
+              "imagenet-shortcuts-A": ("plain34", "none", "resnet34", "A"),
+              "imagenet-depth-A": ("resnet18", "A", "resnet34", "A")}
+    # Each claim in training error and in 10-crop top-1 validation error (here final + 1: the same differences).
+    expected = {f"{key}{measure}": networks for key, networks in claims.items() for measure in ("", "-top1")}
+    assert list(report.verdicts) == list(expected)
     for key, (model_1, option_1, model_2, option_2) in expected.items():
         verdict = report.verdicts[key]
         first, second = IMAGENET_FINALS[(model_1, option_1)], IMAGENET_FINALS[(model_2, option_2)]
@@ -429,7 +431,11 @@ def test_imagenet_runs_give_figure_4_tables_2_and_3_and_the_three_verdicts_with_
         _paragraph_checks(verdict.sentence, "Yes", 3)
         assert f"<p class=\"verdict yes\">{verdict.sentence}" in unescape(report.html)
     assert report.verdicts["imagenet-degradation"].sentence.startswith(
-        "Yes: plain-34 trains worse than plain-18 (the degradation problem).")
+        "Yes: plain-34 trains worse than plain-18 (the degradation problem). plain-34's final training error is 1.00 "
+        "points higher than plain-18's on average")
+    assert report.verdicts["imagenet-shortcuts-A-top1"].sentence.startswith(
+        "Yes: ResNet-34 (A) has a lower 10-crop top-1 validation error than plain-34 (option A, the paper's Figure 4 "
+        "and Table 2). ResNet-34 (A)'s 10-crop top-1 validation error is ")
     # Tables 2 and 3: ours (10-crop = final + 1, top-5 = final / 3) beside the paper's.
     assert ("<tr><td>plain-34</td><td>22.10 ± 0.17 (n = 3)</td><td>28.54 (Tables 2, 3)</td><td>7.03 ± 0.06 (n = 3)"
             "</td><td>10.02 (Table 3)</td><td>21.10 ± 0.17</td><td>23.10 ± 0.17</td><td>21,797,672</td></tr>") in html
@@ -455,11 +461,15 @@ def test_one_imagenet_seed_is_not_decided_with_its_numbers_and_a_cut_recipe_is_n
     _make_imagenet_store(store, one_seed, profile="one-seed", world_size=2, cut=cut)
     frame = collect_runs("imagenet", store, metrics=IMAGENET_METRICS)
     report = build_report(frame.iloc[0:0], imagenet=frame)
-    assert [v.answer for v in report.verdicts.values()] == ["Not decided"] * 3
+    assert [v.answer for v in report.verdicts.values()] == ["Not decided"] * 6
     assert report.verdicts["imagenet-degradation"].sentence == (
         "Not decided: plain-34 trains worse than plain-18 (the degradation problem). plain-34's final training error "
         "is 1.00 points higher than plain-18's in the one seed both have; one seed gives no spread to judge it by: "
         "95% CI undefined, n = 1 seeds.")
+    assert report.verdicts["imagenet-degradation-top1"].sentence == (
+        "Not decided: plain-34 has a higher 10-crop top-1 validation error than plain-18 (the degradation problem). "
+        "plain-34's 10-crop top-1 validation error is 1.00 points higher than plain-18's in the one seed both have; "
+        "one seed gives no spread to judge it by: 95% CI undefined, n = 1 seeds.")
     html = unescape(report.html)
     assert f'<p class="warning">Cut from the paper\'s recipe (section 3.4) in these runs: {cut}.' in html
     assert "the linear scaling rule, Goyal et al. 2017" in html

@@ -17,13 +17,16 @@ from .. import paper
 from .figures import VALIDATION_CURVE, Figure, curves_figure
 from .results import final_training_errors, final_values, label, network_rows
 from .sections import DEGRADATION_CLAIMS, PLAIN, A, gaps, provenance, verdict_view
-from .statistics import Verdict, judge, summarise
+from .statistics import TOP1_VALIDATION_ERROR_10CROP, TRAINING_ERROR, Verdict, judge, summarise
 
 IMAGENET_NETWORKS = [("plain18", PLAIN), ("plain34", PLAIN), ("resnet18", A), ("resnet34", A), ("resnet34", "B"),
                      ("resnet34", "C")]
 # Section 4.1's claims, on the data they were made on: the same three as the CIFAR-10 page's first.
 IMAGENET_CLAIMS = {f"imagenet-{key}": DEGRADATION_CLAIMS[key] for key in ("degradation", "shortcuts-A", "depth-A")}
 TOP1, TOP5 = "final_top1_error_10crop", "final_top5_error_10crop"
+# Each claim judged twice, each verdict naming its measure: in training error (Figure 4's thin curves, the
+# degradation itself) and in 10-crop top-1 validation error (Table 2's numbers).
+IMAGENET_MEASURES = {"": TRAINING_ERROR, "-top1": TOP1_VALIDATION_ERROR_10CROP}
 
 
 def imagenet_section(frame: pd.DataFrame, ui_base: str) -> tuple[dict[str, Any], list[Figure], dict[str, Verdict]]:
@@ -38,8 +41,9 @@ def imagenet_section(frame: pd.DataFrame, ui_base: str) -> tuple[dict[str, Any],
         "augmented crops) and validation error on the centre crop (bold) against iterations of the global batch; "
         f"mean over seeds, band = min to max. {setting['length']}. Cut from the paper's recipe: {cut}.",
         bold=VALIDATION_CURVE)
-    verdicts = {key: judge(frame, reference, subject, claim, note)
-                for key, (reference, subject, claim, note) in IMAGENET_CLAIMS.items()}
+    verdicts = {f"{key}{suffix}": judge(frame, reference, subject, claim, note, measure)
+                for key, (reference, subject, claim, note) in IMAGENET_CLAIMS.items()
+                for suffix, measure in IMAGENET_MEASURES.items()}
     context = {"figure": figure, "table": tables_2_and_3(frame), "gaps": gaps(frame, IMAGENET_NETWORKS),
                "verdicts": [verdict_view(v) for v in verdicts.values()], "settings": setting,
                "provenance": provenance(frame, ui_base)}

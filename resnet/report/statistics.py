@@ -17,12 +17,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import pandas as pd
 from scipy import stats
 
 from ..tracking.keys import STATUS_FINISHED
-from .results import final_training_errors, label, network_rows
+from .results import final_training_errors, final_values, label, network_rows
 
 CONFIDENCE = 0.95
 ANSWERS = ("Yes", "No", "Not decided")
@@ -94,21 +95,40 @@ class Verdict:
     sentence: str
 
 
-def judge(frame: pd.DataFrame, reference: tuple[str, str], subject: tuple[str, str], claim: str,
-          note: str = "") -> Verdict:
-    """Does ``subject`` train ``claim`` ("worse" or "better") than ``reference``?
+@dataclass(frozen=True)
+class Measure:
+    """What a verdict compares: each network's per-seed values of an error, and how a claim about it reads."""
 
-    The evidence is the final training error of ``subject`` minus that of ``reference``, paired
-    by seed; "worse" predicts a positive difference, "better" a negative one.
+    name: str  # as the sentence names it: "final training error"
+    claim_form: str  # the claim, from {subject}, {reference}, {claim} (worse, better) and {direction} (higher, lower)
+    values: Callable[[pd.DataFrame, str, str], pd.Series]  # (frame, model, shortcut) -> per seed
+
+
+# Section 4.1's claims are about training error (the degradation is an optimisation problem)...
+TRAINING_ERROR = Measure("final training error", "{subject} trains {claim} than {reference}", final_training_errors)
+# ...and Table 2 states the same orderings in top-1 validation error (10-crop testing).
+TOP1_VALIDATION_ERROR_10CROP = Measure(
+    "10-crop top-1 validation error", "{subject} has a {direction} 10-crop top-1 validation error than {reference}",
+    lambda frame, model, shortcut: final_values(frame, model, shortcut, "final_top1_error_10crop"))
+
+
+def judge(frame: pd.DataFrame, reference: tuple[str, str], subject: tuple[str, str], claim: str,
+          note: str = "", measure: Measure = TRAINING_ERROR) -> Verdict:
+    """Does ``subject`` train ``claim`` ("worse" or "better") than ``reference``, by ``measure``?
+
+    The evidence is ``measure`` of ``subject`` minus that of ``reference``, paired by seed (by default
+    the final training error); "worse" predicts a positive difference, "better" a negative one.
     """
     if claim not in ("worse", "better"):
         raise ValueError(f"claim must be 'worse' or 'better', got {claim!r}")
     names = (label(*reference), label(*subject))
-    statement = f"{names[1]} trains {claim} than {names[0]}"
-    first, second = final_training_errors(frame, *reference), final_training_errors(frame, *subject)
+    statement = measure.claim_form.format(subject=names[1], reference=names[0], claim=claim,
+                                          direction="higher" if claim == "worse" else "lower")
+    first, second = measure.values(frame, *reference), measure.values(frame, *subject)
     difference = PairedDifference.of(first, second)
     answer = _answer(difference, claim)
-    return Verdict(statement, answer, difference, _sentence(statement, answer, difference, names, note, first, second))
+    return Verdict(statement, answer, difference,
+                   _sentence(statement, answer, difference, names, note, first, second, measure.name))
 
 
 def verdicts_by_length(frame: pd.DataFrame, reference: tuple[str, str], subject: tuple[str, str],
@@ -147,15 +167,14 @@ def _answer(difference: PairedDifference, claim: str) -> str:
 
 
 def _sentence(statement: str, answer: str, difference: PairedDifference, names: tuple[str, str], note: str,
-              first: pd.Series, second: pd.Series) -> str:
+              first: pd.Series, second: pd.Series, measured: str = TRAINING_ERROR.name) -> str:
     lead = f"{answer}: {statement}{f' ({note})' if note else ''}."
     if difference.n == 0:
         missing = [name for name, values in zip(names, (first, second)) if values.empty]
         why = f"no finished runs of {' and '.join(missing)}" if missing else "no seed that both have finished"
         return f"{lead} There is no evidence yet: {why}; 95% CI undefined, n = 0 seeds."
     direction = "higher" if difference.mean > 0 else "lower"
-    amount = (f"{names[1]}'s final training error is {abs(difference.mean):.2f} points {direction} than "
-              f"{names[0]}'s")
+    amount = f"{names[1]}'s {measured} is {abs(difference.mean):.2f} points {direction} than {names[0]}'s"
     if difference.n == 1:
         return (f"{lead} {amount} in the one seed both have; one seed gives no spread to judge it by: "
                 f"95% CI undefined, n = 1 seeds.")
