@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT
 
 from resnet.studies import plan
@@ -301,3 +303,55 @@ def test_cells_are_resolved_for_the_devices_their_executor_gives_them_not_for_th
     _, on_gpu = plan.plan(study.cells, [0], store, experiment)
     assert on_cpu[0].config.precision == "fp32" and on_gpu[0].config.precision == "bf16"
     assert on_cpu[0].config.fingerprint() != on_gpu[0].config.fingerprint()
+
+
+class _StubbedCell:
+    """Stands in for a cell's papermill process: notes the GPU and device it was given, and ends after
+    the number of the pool's looks that ``lifetimes`` gives for its place in the launch order."""
+
+    launched: list = []
+    lifetimes: list = []
+
+    def __init__(self, command, env, **options):
+        parameters = yaml.safe_load(Path(command[command.index("-f") + 1]).read_text())
+        self.looks_left = self.lifetimes[len(self.launched)]
+        self.launched.append((Path(command[4]).stem, env.get("CUDA_VISIBLE_DEVICES"), parameters.get("device")))
+        self.pid, self.returncode = os.getpid(), None
+
+    def poll(self):
+        self.looks_left -= 1
+        if self.looks_left <= 0:
+            self.returncode = 1
+        return self.returncode
+
+
+def test_a_new_cell_goes_to_the_gpu_with_the_fewest_running_cells(store, tmp_path, monkeypatch):
+    """gpus [0, 1], four cells at once: the second cell (GPU 1) ends first, so the fifth goes to GPU 1,
+    not to GPU 0 (in turn) where two still run. Each cell sees its GPU alone, as cuda."""
+    from resnet.studies import pool
+
+    grid = "  - {model: [plain20, plain32, plain44, plain56, plain110], device: auto}"
+    study = load_study(str(_write_study(tmp_path, grid)), "test")
+    monkeypatch.setattr(plan, "visible_gpus", lambda: [0, 1])
+    monkeypatch.setattr(_StubbedCell, "launched", [])
+    monkeypatch.setattr(_StubbedCell, "lifetimes", [40, 1, 40, 40, 40])
+    monkeypatch.setattr(pool, "subprocess", types.SimpleNamespace(Popen=_StubbedCell, STDOUT=subprocess.STDOUT,
+                                                                  TimeoutExpired=subprocess.TimeoutExpired))
+    run_study(study, jobs=4, gpus=[0, 1], tracking_uri=store, output_dir=tmp_path / "runs", progress=False)
+    launched = _StubbedCell.launched
+    assert [gpu for _, gpu, _ in launched] == ["0", "1", "0", "1", "1"]
+    assert {device for _, _, device in launched} == {"cuda"}
+    assert sorted(name for name, _, _ in launched) == sorted(cell.name for cell in study.cells)
+
+
+@pytest.mark.parametrize("study, expected", [("degradation", ("degradation", "full")),
+                                             ("cifar-depth", ("cifar-depth", "full")),
+                                             ("smoke", ("smoke", "smoke"))])
+def test_with_a_gpu_make_reproduce_runs_the_studys_own_profile_on_every_gpu(monkeypatch, study, expected):
+    chosen = []
+    monkeypatch.setattr("resnet.studies.cli.visible_gpus", lambda: [0, 1])
+    monkeypatch.setattr("resnet.studies.cli.run_study",
+                        lambda study, **options: chosen.append((study.name, study.profile, options["gpus"])))
+    with pytest.raises(AttributeError):  # the stub returns no outcome; what it was given is what counts
+        main(["--study", study])
+    assert chosen == [(*expected, None)]  # None: the local executor's default, every visible GPU

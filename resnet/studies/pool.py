@@ -11,7 +11,6 @@ lines (training prints them, each starting with the run's name) are passed on to
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import os
 import signal
@@ -40,6 +39,7 @@ class _Running:
     log: TextIO
     step_before: int
     started: float
+    gpu: int | None  # the one GPU it was given; None: every GPU here, or the CPU
     echoed: int = 0  # bytes of the log already looked at for epoch lines
     seen: set[str] = field(default_factory=set)  # the epoch lines passed on
 
@@ -65,7 +65,6 @@ class CellPool:
         kept in ``outcomes``."""
         warm_data_cache(pending)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        slots = itertools.cycle(self.gpus) if self.gpus else None
         bar = _overall_bar(progress, len(pending))
 
         def say(line: str) -> None:
@@ -85,9 +84,9 @@ class CellPool:
                     cell = queue.pop(0)
                     runs = cell_runs(self.experiment, cell.config, self.uri)
                     # A one-process cell gets one GPU of its own; a data-parallel one sees every GPU here.
-                    gpu = next(slots) if slots and cell.config.processes == 1 else None
+                    gpu = self._least_busy_gpu() if self.gpus and cell.config.processes == 1 else None
                     process, log = _launch(cell, self.output_dir, self.uri, self.parent, gpu)
-                    self.running[cell.name] = _Running(process, cell, log, runs.last_step, time.perf_counter())
+                    self.running[cell.name] = _Running(process, cell, log, runs.last_step, time.perf_counter(), gpu)
                     say(f"  start    {cell.name}{f' on GPU {gpu}' if gpu is not None else ''}"
                         f"{' (resuming)' if runs.resuming else ''}")
                 if self.interrupted and not self.running:
@@ -122,6 +121,12 @@ class CellPool:
             if bar is not None:
                 bar.close()
         return {cell.name: self.outcomes[cell.name] for cell in pending if cell.name in self.outcomes}
+
+    def _least_busy_gpu(self) -> int:
+        """The GPU with the fewest running cells (the first listed among equals): cells end in any order,
+        and handing GPUs out in turn would pile a third cell on one GPU while another runs one."""
+        running = [cell.gpu for cell in self.running.values()]
+        return min(self.gpus, key=running.count)
 
     @property
     def failed(self) -> list[CellOutcome]:
