@@ -109,7 +109,7 @@ def gpu_for_rank(local_rank: int, visible_gpus: int) -> int:
 
 def join(backend: str, timeout: datetime.timedelta = COLLECTIVE_TIMEOUT) -> World:
     """Join the process group that torchrun (or ``launch``, or a Slurm task) set up in the
-    environment; a single process without those variables is a world of one."""
+    environment; a single process without those variables is a world of one, with no process group."""
     rank, size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if backend == "nccl":
@@ -117,7 +117,9 @@ def join(backend: str, timeout: datetime.timedelta = COLLECTIVE_TIMEOUT) -> Worl
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if size > 1 and not dist.is_initialized():
+    # Under a launcher a process group always (as torchvision's reference does), even a world of one: a
+    # torchrun run on one GPU then takes the same NCCL and DDP path as on eight.
+    if (size > 1 or launched_world() is not None) and not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=size, timeout=timeout)
     return World(rank, size, local_rank, backend, device)
 

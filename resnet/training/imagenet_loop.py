@@ -141,7 +141,7 @@ class _Training:
         self.description = {"parameters": count_parameters(network), "multiply_adds": count_multiply_adds(
             network, image_size=config.crop)}
         self.network = network  # the model itself, for the checkpoint and the 10-crop test
-        self.model = DistributedDataParallel(network) if world.size > 1 else network
+        self.model = DistributedDataParallel(network) if dist.is_initialized() else network  # a launcher's world
         self.lr = torch.tensor(config.lr_at_epoch(1), device=world.device)
         self.optimizer = SGD(self.model.parameters(), self.lr, config.momentum, config.weight_decay)
         self.normalise = self._normalisation()
@@ -352,7 +352,8 @@ class _Training:
             tags[keys.PARENT_TAG] = self.cell.parent_run_id
         experiment = store.experiment_id(config.study, self.cell.uri)
         params = {**config.to_dict(), **self.description, "world_size": world.size, "backend": world.backend,
-                  "per_process_batch": self.per_rank, "effective_lr": config.effective_lr, "decoder": DECODER,
+                  "per_process_batch": self.per_rank, "ddp": isinstance(self.model, DistributedDataParallel),
+                  "effective_lr": config.effective_lr, "decoder": DECODER,
                   "normalisation": NORMALISATION, "schedule": "multistep",
                   "classes": len(self.data.classes), "train_images": len(self.train_items),
                   "val_images": len(self.val_items), keys.TOTAL_STEPS_PARAM: self.steps_per_epoch * config.epochs,
