@@ -105,7 +105,7 @@ def test_four_seeds_with_a_clear_difference_say_yes_with_the_interval_scipy_give
     assert (verdict.difference.low, verdict.difference.high) == (pytest.approx(low), pytest.approx(high))
     assert verdict.difference.p_value == pytest.approx(expected.pvalue)
     _paragraph_checks(verdict.sentence, "Yes", 4)
-    assert f"95% CI [{low:.2f}, {high:.2f}]" in verdict.sentence
+    assert f"95% CI [{low:.2f}, {high:.2f}], p = {expected.pvalue:.2g} (two-sided), n = 4 seeds" in verdict.sentence
     assert verdict.sentence.startswith("Yes: plain-34 trains worse than plain-18 (the degradation problem). plain-34's "
                                        "final training error is 3.10 points higher than plain-18's on average")
 
@@ -127,6 +127,21 @@ def test_a_deeper_net_worse_within_noise_never_gives_yes(store, deeper):
     _make_store(store, {("resnet18", "B"): [3.0, 3.3, 3.0, 3.1], ("resnet34", "B"): deeper})
     verdict = judge(collect_runs("degradation", store), ("resnet18", "B"), ("resnet34", "B"), "better")
     assert verdict.difference.mean > 0 and verdict.answer == "Not decided"
+
+
+def test_three_equal_differences_are_not_decided_for_want_of_spread(store):
+    """scipy gives t = inf, p = 0 and a zero-width interval for equal paired differences: no spread is no
+    evidence of a reliable difference, so the verdict is Not decided and says why."""
+    _make_store(store, {("plain18", "none"): [5.0, 6.0, 7.0], ("plain34", "none"): [7.0, 8.0, 9.0]})
+    frame = collect_runs("degradation", store)
+    equal = stats.ttest_rel([7.0, 8.0, 9.0], [5.0, 6.0, 7.0])
+    assert equal.pvalue == 0 and tuple(equal.confidence_interval(0.95)) == (2.0, 2.0)  # what scipy would say
+    verdict = judge(frame, ("plain18", "none"), ("plain34", "none"), "worse")
+    assert verdict.answer == "Not decided" and verdict.difference.mean == 2.0 and verdict.difference.n == 3
+    assert verdict.sentence == (
+        "Not decided: plain-34 trains worse than plain-18. plain-34's final training error is 2.00 points higher than "
+        "plain-18's in every seed (difference plain-34 minus plain-18, paired by seed: +2.00, +2.00, +2.00); the "
+        "differences are all equal, so there is no spread to judge them by: 95% CI undefined, n = 3 seeds.")
 
 
 def test_a_clear_contradiction_says_no_and_one_seed_is_not_decided(store):

@@ -72,12 +72,14 @@ class PairedDifference:
     def of(cls, first: pd.Series, second: pd.Series) -> PairedDifference:
         seeds = sorted(set(first.index) & set(second.index))
         differences = tuple(float(second[s] - first[s]) for s in seeds)
-        if len(seeds) < 2:
+        if len(seeds) < 2 or len(set(differences)) == 1:
+            # One seed, or differences all equal (runs that ignore their seed, say): no spread to judge by.
+            # scipy would give t = inf, p = 0 and a zero-width interval, a "Yes" from no evidence of spread;
+            # the interval stays undefined and the verdict "Not decided".
             mean = differences[0] if differences else math.nan
             return cls(differences, mean, math.nan, math.nan, math.nan)
         with warnings.catch_warnings():
-            # Differences that are (nearly) all equal leave no spread to estimate: scipy warns and
-            # returns an undefined interval, which the verdict reads as "Not decided".
+            # Differences that are nearly all equal leave little spread to estimate: scipy warns.
             warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
             test = stats.ttest_rel(second[seeds].to_numpy(), first[seeds].to_numpy())
             interval = test.confidence_interval(CONFIDENCE)
@@ -178,10 +180,14 @@ def _sentence(statement: str, answer: str, difference: PairedDifference, names: 
     if difference.n == 1:
         return (f"{lead} {amount} in the one seed both have; one seed gives no spread to judge it by: "
                 f"95% CI undefined, n = 1 seeds.")
-    interval = f"95% CI [{difference.low:.2f}, {difference.high:.2f}]"
     per_seed = ", ".join(f"{d:+.2f}" for d in difference.differences)
+    if math.isnan(difference.low):
+        return (f"{lead} {amount} in every seed (difference {names[1]} minus {names[0]}, paired by seed: {per_seed}); "
+                f"the differences are all equal, so there is no spread to judge them by: 95% CI undefined, "
+                f"n = {difference.n} seeds.")
+    interval = f"95% CI [{difference.low:.2f}, {difference.high:.2f}]"
     reading = {"Yes": "the interval excludes zero on the claimed side",
                "No": "the interval excludes zero on the other side",
                "Not decided": "the interval includes zero"}[answer]
     return (f"{lead} {amount} on average (difference {names[1]} minus {names[0]}, paired by seed: {per_seed}); "
-            f"{interval}, p = {difference.p_value:.2g}, n = {difference.n} seeds: {reading}.")
+            f"{interval}, p = {difference.p_value:.2g} (two-sided), n = {difference.n} seeds: {reading}.")

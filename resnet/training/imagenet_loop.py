@@ -85,9 +85,12 @@ def train_imagenet(config: ImageNetConfig, *, tracking_uri: str | None = None, p
         try:
             launch(job, config.world_size, backend)
         except RuntimeError as error:
-            # Rank 0 recorded its own end, often a partner's reset connection: record the first failure.
+            # Rank 0 recorded its own end, often a partner's reset connection: record the first failure. A
+            # stop that reached the ranks before this process stays a stop (rank 0 marked the run KILLED).
             experiment = store.experiment_id(config.study, uri)
             for run in store.find_runs(experiment, uri, **{keys.FINGERPRINT_TAG: config.fingerprint()})[:1]:
+                if run.info.status == keys.STATUS_KILLED:
+                    raise KeyboardInterrupt(run.data.tags.get(keys.FAILURE_REASON_TAG, "stopped")) from None
                 if run.info.status != keys.STATUS_FINISHED:
                     store.end_run(store.client(uri), run.info.run_id, keys.STATUS_FAILED, str(error))
             raise
