@@ -491,3 +491,17 @@ def test_one_imagenet_seed_is_not_decided_with_its_numbers_and_a_cut_recipe_is_n
     assert html.count(cut) == 5  # the warning, the figure's caption (and its alt text), the table's note, provenance
     assert "<td>ResNet-34 (C)</td><td>not run</td><td>24.19 (Table 3)</td>" in html
     assert '<li class="gap">ResNet-34 (C): not run</li>' in html
+
+
+def test_the_cpu_reference_csv_keeps_which_cells_ran_dirty_and_at_which_commit():
+    """read_csv once parsed git_dirty as a bool and the page dropped "(dirty)"; cpu-long's cells ran at four
+    commits, three of them at one with local changes."""
+    from resnet.report.sections import commits_by_cell
+
+    frame = read_csv(ROOT / "reports" / "reference" / "cifar-depth-cpu-long-cpu-cifar10jpeg-metrics.csv")
+    runs = frame.drop_duplicates("run_id")
+    assert commits_by_cell(runs) == (
+        "21db388de2 for plain20-s1, plain20-s2, plain56-s2, resnet20-A-s1, resnet20-A-s2, resnet56-A-s2; "
+        "35fb1fd2a1 for resnet56-A-s1; adeba913f5 (dirty) for plain20-s0, plain56-s1, resnet20-A-s0; "
+        "c6a5195b61 for plain56-s0, resnet56-A-s0")
+    assert commits_by_cell(runs[runs["cell"] == "plain20-s1"]) == "21db388de2"

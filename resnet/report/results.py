@@ -111,7 +111,9 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     """A table written by :func:`write_csv` (or by an earlier version of this report)."""
     head = pd.read_csv(path, nrows=0).columns
     numeric = [c for c in head if c in EVERY_METRIC + ("epoch",) or c.startswith(RUN_METRIC_PREFIXES)]
-    table = pd.read_csv(path, dtype={"shortcut": str, "run_id": str, "experiment_id": str}, keep_default_na=False,
+    # Tags stay text: pandas would read git_dirty's "true" as a bool, and the page would lose "(dirty)".
+    table = pd.read_csv(path, dtype={"shortcut": str, "run_id": str, "experiment_id": str, "git_dirty": str,
+                                     "git_commit": str}, keep_default_na=False,
                         na_values={c: [""] for c in numeric})
     recorded = [keys.recorded_settings({k: row[k] for k in ("schedule", "precision", "normalisation") if k in head},
                                            row["device"]) for row in table.to_dict("records")]

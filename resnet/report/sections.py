@@ -214,7 +214,7 @@ def provenance(frame: pd.DataFrame, ui_base: str) -> dict[str, Any]:
     def listed(column: str, separator: str = ", ") -> str:
         return separator.join(sorted({str(value) for value in runs[column]})) or "—"
 
-    commits = {f"{c[:10]}{' (dirty)' if d == 'true' else ''}" for c, d in zip(runs["git_commit"], runs["git_dirty"])}
+    commits = commits_by_cell(runs)
     rows = []
     for _, run in runs.iterrows():
         link = keys.ui_run_url(ui_base, run["experiment_id"], run["run_id"])
@@ -226,7 +226,7 @@ def provenance(frame: pd.DataFrame, ui_base: str) -> dict[str, Any]:
     return {
         "official": set(runs["data_provenance"]) <= {"official"},
         "built": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "studies": listed("study"), "profiles": listed("profile"), "commits": ", ".join(sorted(commits)),
+        "studies": listed("study"), "profiles": listed("profile"), "commits": commits,
         "devices": listed("device"), "precisions": listed("precision"), "normalisations": listed("normalisation"),
         "lengths": run_length(frame)["long"], "seeds": ", ".join(map(str, sorted(set(runs["seed"])))),
         "zero_init": ", ".join(sorted({label(model, option) for model, option in zip(runs["model"], runs["shortcut"])
@@ -234,6 +234,18 @@ def provenance(frame: pd.DataFrame, ui_base: str) -> dict[str, Any]:
         "data": "; ".join(data) or "—",
         "runs": {"header": ["cell", "seed", "status", "note", "MLflow run (open with make ui)"], "rows": rows},
     }
+
+
+def commits_by_cell(runs: pd.DataFrame) -> str:
+    """The commit the runs ran at, "(dirty)" where the working tree had changes; when they differ, which
+    cells ran at which."""
+    cells: dict[str, list[str]] = {}
+    for cell, commit, dirty in zip(runs["cell"], runs["git_commit"], runs["git_dirty"]):
+        name = f"{str(commit)[:10]}{' (dirty)' if str(dirty).lower() == 'true' else ''}"
+        cells.setdefault(name, []).append(str(cell))
+    if len(cells) == 1:
+        return next(iter(cells))
+    return "; ".join(f"{name} for {', '.join(sorted(names))}" for name, names in sorted(cells.items()))
 
 
 def run_length(frame: pd.DataFrame) -> dict[str, Any]:
