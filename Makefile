@@ -26,9 +26,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
+# The test extras include the cluster's, so one stamp covers both: make server inside a test installs nothing.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test,cluster]'
-	touch $@
+	touch $@ $(VENV)/.installed-cluster
 
 $(VENV)/.installed-cluster: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[cluster]'

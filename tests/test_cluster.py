@@ -32,6 +32,9 @@ from resnet.tracking import store as mlflow_store
 from resnet.tracking.server import allowed_hosts, is_loopback
 
 ROOT = Path(__file__).resolve().parent.parent
+# The first test here also starts the one-node cluster (munge, Slurm, PostgreSQL, the MLflow server); a Slurm
+# job waits on the scheduler: 15 minutes a test, not the suite's 5.
+pytestmark = pytest.mark.timeout(900)
 PASSWORD = "a-long-test-password"
 USER = "admin"
 EPOCHS = 6  # per cell: long enough to interrupt mid-run (about 4 s an epoch on one CPU thread)

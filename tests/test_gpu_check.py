@@ -32,6 +32,7 @@ def test_an_unknown_argument_is_refused_with_the_legal_ones():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # seven steps, each a few processes (about 2 minutes here)
 def test_the_cpu_mode_runs_every_step_and_writes_one_json_and_the_files(tmp_path):
     environment = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
     environment.pop("MLFLOW_TRACKING_URI", None)

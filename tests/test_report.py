@@ -371,6 +371,10 @@ def test_verdicts_by_length_read_each_epoch_boundary_as_a_run_stopped_there():
     settled = table.iloc[:3]
     assert length_note(settled, ("plain-56", "ResNet-56 (A)"), "better").endswith(
         "first reads Yes at iteration 30, and at every boundary from 30 to the last (30) (n = 3 seeds).")
+    # A run that ends inside an epoch (44 = 4 x 10 + 4): its last, partial epoch is no boundary.
+    partial = [{**row, "step": 44, "train_error": row["train_error"] + 30.0} for row in rows if row["step"] == 40]
+    table = verdicts_by_length(pd.DataFrame(rows + partial), ("plain56", "none"), ("resnet56", "A"), "better")
+    assert list(table["step"]) == [10, 20, 30, 40]
 
 
 IMAGENET_EPOCHS = 3

@@ -54,8 +54,9 @@ class Report:
 
 
 def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = None,
-                 ui_base: str = DEFAULT_UI, imagenet: pd.DataFrame | None = None) -> Report:
-    """The whole report from per-epoch tables (see :func:`resnet.report.results.collect_runs`)."""
+                 ui_base: str = DEFAULT_UI, imagenet: pd.DataFrame | None = None, source: str = "MLflow") -> Report:
+    """The whole report from per-epoch tables (see :func:`resnet.report.results.collect_runs`); ``source``
+    names where they were read (MLflow, or a CSV file)."""
     cifar_depth = cifar_depth if cifar_depth is not None else degradation.iloc[0:0]
     imagenet = imagenet if imagenet is not None else degradation.iloc[0:0]
     if degradation.empty and cifar_depth.empty and imagenet.empty:
@@ -66,7 +67,8 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
     verdicts: dict[str, Verdict] = {}
     context: dict[str, Any] = {"smoke": "smoke" in set(degradation["study"]), "degradation": None,
                                "cifar_depth": None, "imagenet": None, "guessing_loss": sections.GUESSING_LOSS,
-                               "confidence": f"{CONFIDENCE:.0%}", "t_widths": {n: t_multiplier(n) for n in (2, 3)}}
+                               "source": source, "confidence": f"{CONFIDENCE:.0%}",
+                               "t_widths": {n: t_multiplier(n) for n in (2, 3)}}
     if not degradation.empty:
         paper_figure = curves_figure(
             degradation, [("plain-18 vs plain-34", [("plain18", PLAIN), ("plain34", PLAIN)]),
@@ -88,7 +90,8 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
             "figure": paper_figure, "options_figure": options, "options_table": sections.options_table(degradation),
             "verdicts": [sections.verdict_view(v) for v in verdicts.values()],
             "length": sections.run_length(degradation),
-            "last_epoch": uses_last_epoch(degradation), "gaps": sections.gaps(degradation, DEGRADATION_NETWORKS),
+            "last_epoch": uses_last_epoch(degradation), "window": sections.final_error_window(degradation),
+            "gaps": sections.gaps(degradation, DEGRADATION_NETWORKS),
             "instability": sections.instability_table(degradation, DEGRADATION_NETWORKS),
             "figure7": responses, "streams": sections.stream_table(degradation, DEGRADATION_NETWORKS),
         }
@@ -118,11 +121,11 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
             "figure": depth_figure, "table": sections.depth_table(cifar_depth, networks),
             "length": sections.run_length(cifar_depth),
             "verdicts": [sections.verdict_view(v) for v in depth_verdicts.values()],
-            "last_epoch": uses_last_epoch(cifar_depth), "gaps": sections.gaps(cifar_depth, networks),
+            "last_epoch": uses_last_epoch(cifar_depth), "window": sections.final_error_window(cifar_depth),
+            "gaps": sections.gaps(cifar_depth, networks),
             "figure7": responses, "instability": sections.instability_table(cifar_depth, networks),
             "streams": sections.stream_table(cifar_depth, networks),
             "networks": ", ".join(label(*n) for n in networks),
-            "laptop": set(cifar_depth["profile"]) == {"laptop"},
         }
     if not imagenet.empty:
         context["imagenet"], imagenet_figures, imagenet_verdicts = imagenet_section(imagenet, ui_base)
@@ -200,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         degradation = collect_runs(study, uri, args.profile) if study else cifar_depth.iloc[0:0]
         imagenet = collect_runs(args.imagenet_study, uri, metrics=IMAGENET_METRICS)
     try:
-        report = build_report(degradation, cifar_depth, ui_base=ui_base, imagenet=imagenet)
+        report = build_report(degradation, cifar_depth, ui_base=ui_base, imagenet=imagenet,
+                              source=f"the CSV file {Path(args.from_csv).name} of" if args.from_csv else "MLflow")
     except ReportError as error:
         print(f"report: {error}", file=sys.stderr)
         return 1

@@ -140,12 +140,17 @@ def verdicts_by_length(frame: pd.DataFrame, reference: tuple[str, str], subject:
     Valid where a shorter run is an exact prefix of a longer one: the ``paper`` schedule (its lr drops
     are absolute iterations) and a final-error window of one epoch (``min(390, steps per epoch)``
     steps), so that an epoch's training error is the final training error of a run stopped there.
-    One row per step that every seed of both networks reached: ``step, mean, low, high, n, answer``.
+    One row per step that every seed of both networks reached and that ends a whole epoch:
+    ``step, mean, low, high, n, answer``. A run's last, partial epoch (2,000 = 51 x 39 + 11) is no
+    boundary: its training error is over fewer steps than the window the verdict's final error uses.
     """
     def per_seed(network: tuple[str, str]) -> pd.DataFrame:
         rows = network_rows(frame, *network)
         rows = rows[rows["status"] == STATUS_FINISHED].dropna(subset=["step", "train_error"])
-        return rows.pivot_table(index="step", columns="seed", values="train_error")
+        table = rows.pivot_table(index="step", columns="seed", values="train_error")
+        steps = pd.Series(table.index, index=table.index)
+        epoch_lengths = steps.diff().fillna(steps)
+        return table[epoch_lengths == epoch_lengths.max()]  # whole epochs only
 
     first, second = per_seed(reference), per_seed(subject)
     rows = []
