@@ -166,6 +166,28 @@ def test_study_definition_errors_name_the_legal_values(tmp_path):
         load_study(str(tmp_path / "odd.yaml"))
 
 
+@pytest.mark.parametrize("text, message", [
+    ("grid: [resnet20]\nprofiles: {p: {}}\n",
+     "'grid' must be a non-empty list of parameter maps, such as [{model: resnet20, shortcut: A}]; got ['resnet20']"),
+    ("- {model: resnet20}\n", "a study is a mapping of keys (dataset, default_profile, defaults, description, extends, "
+                               "grid, profiles), not a list"),
+    ("extends: bad\ngrid: [{model: resnet20}]\nprofiles: {p: {}}\n", "circular 'extends' through 'bad'"),
+    ("dataset: mnist\ngrid: [{model: resnet20}]\nprofiles: {p: {}}\n",
+     "unknown dataset 'mnist'; legal datasets: cifar10, imagenet"),
+    ("grid: []\nprofiles: {p: {}}\n", "'grid' must be a non-empty list of parameter maps"),
+    ("grid: [{model: resnet20}, {model: resnet20}]\nprofiles: {p: {}}\n",
+     "two cells are both named 'resnet20-A-s0'; give them distinct run_name values"),
+    ("grid: [{model: resnet20}]\nprofiles: {p: {seeds: abc}}\n",
+     "profile 'p': seeds must be a list of whole numbers, got 'abc'"),
+    ("grid: [{model: resnet20}]\ndefaults: [lr]\nprofiles: {p: {}}\n", "'defaults' must be a mapping, got ['lr']"),
+    ("grid: [{model: resnet20}]\nprofiles: [p]\n", "'profiles' must be a mapping, got ['p']"),
+])
+def test_a_bad_study_file_is_a_study_error_naming_the_key_and_the_legal_form(tmp_path, text, message):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(StudyError, match=re.escape(message)):
+        load_study(str(tmp_path / "bad.yaml"), "p")
+
+
 def test_studies_expand_to_the_papers_grids():
     degradation = load_study("degradation", "full")
     assert len(degradation.cells) == 8 * 3

@@ -73,6 +73,12 @@ def _read_definition(name: str, folder: Path, seen: tuple[str, ...] = ()) -> dic
         definition = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise StudyError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(definition, dict):
+        raise StudyError(f"{path}: a study is a mapping of keys ({', '.join(sorted(STUDY_KEYS))}), "
+                         f"not a {type(definition).__name__}")
+    for key in ("defaults", "profiles"):
+        if not isinstance(definition.get(key) or {}, dict):
+            raise StudyError(f"{path}: '{key}' must be a mapping, got {definition[key]!r}")
     unknown = set(definition) - STUDY_KEYS
     if unknown:
         raise StudyError(f"{path}: unknown keys {', '.join(sorted(unknown))}; "
@@ -121,8 +127,9 @@ def load_study(name: str, profile: str | None = None, data: str | None = None, f
         raise StudyError(f"study {name!r}: unknown dataset {dataset!r}; legal datasets: {', '.join(DATASETS)}")
     config_class, notebook = DATASETS[dataset]
     grid = definition.get("grid")
-    if not isinstance(grid, list) or not grid:
-        raise StudyError(f"study {name!r}: 'grid' must be a non-empty list of parameter maps")
+    if not isinstance(grid, list) or not grid or not all(isinstance(entry, dict) for entry in grid):
+        raise StudyError(f"study {name!r}: 'grid' must be a non-empty list of parameter maps, such as "
+                         f"[{{model: resnet20, shortcut: A}}]; got {grid!r}")
     models = chosen.get("models")
     if models is not None:
         in_grid = {c.get("model") for entry in grid for c in _expand(entry)}
