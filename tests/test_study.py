@@ -236,7 +236,7 @@ def test_precision_set_on_the_command_line_makes_its_own_finished_cells(store, t
 
 def test_the_laptop_profile_is_the_papers_cifar_experiment_in_miniature():
     study = load_study("cifar-depth", "laptop")
-    assert study.jobs == 2 and len(study.cells) == 5 * 3
+    assert study.jobs is None and len(study.cells) == 5 * 3  # cells at once: the cores this machine has
     assert [c.name for c in study.cells[:5]] == ["plain20-s0", "plain56-s0", "resnet20-A-s0", "resnet56-A-s0",
                                                  "resnet56-A-zero-init-s0"]
     # The ablation, labelled: ResNet-56 (A) with zero-init, and nothing else changed.
@@ -249,7 +249,7 @@ def test_the_laptop_profile_is_the_papers_cifar_experiment_in_miniature():
     assert (config.lr, config.momentum, config.weight_decay, config.batch_size) == (0.1, 0.9, 1e-4, 128)
     assert (config.schedule, config.normalisation, config.warmup) == ("paper", "per-pixel", False)
     assert (config.iterations, config.train_subset, config.test_subset) == (234, 5000, 2000)
-    assert (config.precision, config.threads, config.eval_every) == ("best", 1, 2)
+    assert (config.precision, config.threads, config.eval_every) == ("best", None, 2)  # threads: the pool's share
     assert sorted({c.config.seed for c in study.cells}) == [0, 1, 2]
 
 
@@ -265,7 +265,7 @@ def test_without_a_gpu_make_reproduce_runs_the_laptop_profile(monkeypatch, capsy
 
 def test_the_cpu_long_profile_is_the_faithful_recipe_for_2000_iterations_without_the_ablation():
     study = load_study("cifar-depth", "cpu-long")
-    assert study.jobs == 2
+    assert study.jobs is None
     assert [c.name for c in study.cells] == [f"{network}-s{seed}" for seed in range(3)
                                              for network in ("plain20", "plain56", "resnet20-A", "resnet56-A")]
     configs = [c.config for c in study.cells]
@@ -333,11 +333,13 @@ class _StubbedCell:
 
     launched: list = []
     lifetimes: list = []
+    threads: list = []
 
     def __init__(self, command, env, **options):
         parameters = yaml.safe_load(Path(command[command.index("-f") + 1]).read_text())
         self.looks_left = self.lifetimes[len(self.launched)]
         self.launched.append((Path(command[4]).stem, env.get("CUDA_VISIBLE_DEVICES"), parameters.get("device")))
+        self.threads.append(parameters.get("threads"))
         self.pid, self.returncode = os.getpid(), None
 
     def poll(self):
@@ -356,6 +358,7 @@ def test_a_new_cell_goes_to_the_gpu_with_the_fewest_running_cells(store, tmp_pat
     study = load_study(str(_write_study(tmp_path, grid)), "test")
     monkeypatch.setattr(plan, "visible_gpus", lambda: [0, 1])
     monkeypatch.setattr(_StubbedCell, "launched", [])
+    monkeypatch.setattr(_StubbedCell, "threads", [])
     monkeypatch.setattr(_StubbedCell, "lifetimes", [40, 1, 40, 40, 40])
     monkeypatch.setattr(pool, "subprocess", types.SimpleNamespace(Popen=_StubbedCell, STDOUT=subprocess.STDOUT,
                                                                   TimeoutExpired=subprocess.TimeoutExpired))
@@ -377,3 +380,28 @@ def test_with_a_gpu_make_reproduce_runs_the_studys_own_profile_on_every_gpu(monk
     with pytest.raises(AttributeError):  # the stub returns no outcome; what it was given is what counts
         main(["--study", study])
     assert chosen == [(*expected, None)]  # None: the local executor's default, every visible GPU
+
+
+@pytest.mark.parametrize("cores, jobs, cells, threads", [(1, 1, 15, 1), (2, 2, 15, 1), (8, 8, 15, 1), (8, 8, 3, 2),
+                                                        (16, 4, 15, 4), (64, 64, 15, 4), (2, 2, 1, 2)])
+def test_cells_share_the_cores_one_thread_each_unless_fewer_cells_run_than_cores(cores, jobs, cells, threads):
+    from resnet.studies.local import threads_per_cell
+
+    assert threads_per_cell(cores, jobs, cells) == threads
+
+
+def test_on_a_cpu_the_pool_runs_a_cell_per_usable_core_and_gives_each_its_share(store, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """8 cores usable (a container's share, say), three cells: all three at once, two threads each."""
+    from resnet.studies import local, pool
+
+    monkeypatch.setattr(local, "usable_cores", lambda: 8)
+    study = load_study(str(_write_study(tmp_path, "  - {model: [plain20, plain32, plain44]}")), "test")
+    monkeypatch.setattr(_StubbedCell, "launched", [])
+    monkeypatch.setattr(_StubbedCell, "threads", [])
+    monkeypatch.setattr(_StubbedCell, "lifetimes", [3, 3, 3])
+    monkeypatch.setattr(pool, "subprocess", types.SimpleNamespace(Popen=_StubbedCell, STDOUT=subprocess.STDOUT,
+                                                                  TimeoutExpired=subprocess.TimeoutExpired))
+    run_study(study, gpus=[], tracking_uri=store, output_dir=tmp_path / "runs", progress=False)
+    assert "3 cells; 8 at a time on the CPU (8 cores usable)" in capsys.readouterr().out
+    assert _StubbedCell.threads == [2, 2, 2] and {device for _, _, device in _StubbedCell.launched} == {"cpu"}

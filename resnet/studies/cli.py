@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     option("--data", default=None,
            help="'download' (default), 'synthetic', or a local copy: python batches, an image folder, an archive")
     option("--jobs", type=int, default=None,
-           help=f"local: cells at once (default: the profile's, else {CELLS_PER_GPU} per GPU, 1 on the CPU)")
+           help=f"local: cells at once (default: the profile's, else {CELLS_PER_GPU} per GPU, or one per usable "
+                "core on the CPU, each on its share of the cores)")
     option("--gpus", default=None,
            help="local: comma-separated GPU indices to spread cells over (default: all visible)")
     option("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")

@@ -8,6 +8,7 @@ executed notebook and log; the others still run, and the outcome lists the failu
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -20,10 +21,23 @@ from .pool import CellPool
 from .spec import CELLS_PER_GPU, Study, StudyError
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its affinity (a container's, a scheduler's or taskset's share),
+    not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_jobs(gpus: list[int]) -> int:
-    """Cells at once: a batch-128 CIFAR run leaves a large GPU mostly idle, so several per GPU; on
-    the CPU one run already uses every core."""
-    return CELLS_PER_GPU * len(gpus) if gpus else 1
+    """Cells at once: a batch-128 CIFAR run leaves a large GPU mostly idle, so several per GPU; on the CPU
+    one cell per core, each on one thread (measured on 2 cores: two one-thread cells train 20% more images/s
+    than one two-thread cell)."""
+    return CELLS_PER_GPU * len(gpus) if gpus else usable_cores()
+
+
+def threads_per_cell(cores: int, jobs: int, cells: int) -> int:
+    """CPU threads for each cell: the cores shared among the cells that run at once, so one thread a cell
+    when the cells fill the cores, and more only when fewer cells run than there are cores."""
+    return max(1, cores // max(1, min(jobs, cells)))
 
 
 def run_study(
@@ -43,11 +57,14 @@ def run_study(
     if jobs < 1:
         raise StudyError(f"--jobs (cells at once) must be at least 1, got {jobs}")
     uri = store.resolve_tracking_uri(tracking_uri)
-    print(f"study {study.name} / profile {study.profile}: {len(study.cells)} cells; {jobs} at a time"
-          f"{' on GPUs ' + ','.join(map(str, gpus)) if gpus else ' on the CPU'}; MLflow {uri}", flush=True)
+    where = f" on GPUs {','.join(map(str, gpus))}" if gpus else f" on the CPU ({usable_cores()} cores usable)"
+    print(f"study {study.name} / profile {study.profile}: {len(study.cells)} cells; {jobs} at a time{where}; "
+          f"MLflow {uri}", flush=True)
     opened = open_study(study, uri, gpus, {"profile": study.profile, "jobs": jobs})
+    # On the CPU each cell gets its share of the cores (a cell that sets its own threads keeps them).
+    threads = None if gpus else threads_per_cell(usable_cores(), jobs, len(opened.pending))
     pool = CellPool(opened.uri, opened.experiment, opened.parent, jobs, gpus,
-                    output_dir=output_dir or runs_dir() / study.name)
+                    output_dir=output_dir or runs_dir() / study.name, threads=threads)
     pool.run(opened.pending, progress)
     outcomes = {**opened.outcomes, **pool.outcomes}
     result = StudyOutcome(study, opened.parent, [outcomes[c.name] for c in study.cells if c.name in outcomes],

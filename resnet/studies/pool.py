@@ -51,9 +51,11 @@ class CellPool:
     ``stop()`` asks every running cell to stop cleanly (its run marked KILLED, its last epoch
     checkpoint kept) and waits for it; the pool then reports itself interrupted."""
 
-    def __init__(self, uri: str, experiment: str, parent: str, jobs: int, gpus: list[int], *, output_dir: Path):
+    def __init__(self, uri: str, experiment: str, parent: str, jobs: int, gpus: list[int], *, output_dir: Path,
+                 threads: int | None = None):
         self.uri, self.experiment, self.parent, self.jobs, self.gpus = uri, experiment, parent, jobs, gpus
         self.output_dir = output_dir
+        self.threads = threads  # CPU threads for each one-process cell that does not set its own; None: torch's
         self.running: dict[str, _Running] = {}
         self.outcomes: dict[str, CellOutcome] = {}
         self.interrupted = False
@@ -85,7 +87,7 @@ class CellPool:
                     runs = cell_runs(self.experiment, cell.config, self.uri)
                     # A one-process cell gets one GPU of its own; a data-parallel one sees every GPU here.
                     gpu = self._least_busy_gpu() if self.gpus and cell.config.processes == 1 else None
-                    process, log = _launch(cell, self.output_dir, self.uri, self.parent, gpu)
+                    process, log = _launch(cell, self.output_dir, self.uri, self.parent, gpu, self.threads)
                     self.running[cell.name] = _Running(process, cell, log, runs.last_step, time.perf_counter(), gpu)
                     say(f"  start    {cell.name}{f' on GPU {gpu}' if gpu is not None else ''}"
                         f"{' (resuming)' if runs.resuming else ''}")
@@ -257,11 +259,13 @@ class _TimeLeft:
         return f"about {seconds / 60:.1f} min left"
 
 
-def _launch(cell: Cell, output_dir: Path, uri: str, parent: str, gpu: int | None):
+def _launch(cell: Cell, output_dir: Path, uri: str, parent: str, gpu: int | None, threads: int | None = None):
     parameters = {**cell.parameters, "precision": cell.config.precision, "tracking_uri": uri, "parent_run_id": parent,
                   "progress": False}
     if gpu is not None and isinstance(cell.config, TrainConfig):
         parameters["device"] = "cuda"
+    if threads is not None and isinstance(cell.config, TrainConfig) and cell.parameters.get("threads") is None:
+        parameters["threads"] = threads  # not part of a run's identity: the same run on another machine
     parameter_file = output_dir / f"{cell.name}.parameters.yaml"
     parameter_file.write_text(yaml.safe_dump(parameters, sort_keys=False))
     log = open(output_dir / f"{cell.name}.log", "w")
