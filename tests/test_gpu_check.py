@@ -16,7 +16,8 @@ STEPS = ["environment", "graph", "bench", "study", "science", "imagenet-bench", 
 
 
 def _gpu_budgets() -> dict[str, int]:
-    line = next(line for line in SCRIPT.read_text().splitlines() if line.strip().startswith("steps=(environment:15"))
+    line = next(line for line in SCRIPT.read_text().splitlines()
+                if line.strip().startswith("steps=(environment:") and "imagenet-cell:60)" in line)
     return {step: int(cap) for step, cap in re.findall(r"([\w-]+):(\d+)", line)}
 
 
@@ -48,8 +49,9 @@ def test_the_cpu_mode_runs_every_step_and_writes_one_json_and_the_files(tmp_path
     assert all(record["wall_seconds"] <= record["budget_seconds"] for record in steps.values())
 
     environment_result = steps["environment"]["result"]
-    assert set(environment_result) == {"torch", "cuda", "cudnn", "gpu", "gpu_memory_gib", "driver", "python"}
-    assert environment_result["gpu"] is None
+    assert set(environment_result) == {"torch", "cuda", "cudnn", "gpu", "gpu_memory_gib", "driver", "python", "data",
+                                       "train_images", "decode_seconds"}
+    assert environment_result["gpu"] is None and environment_result["train_images"] == 10_000
     graph = steps["graph"]["result"]
     assert graph["modes"] == ["eager", "eager"] and graph["captured"] is False  # no CUDA graph on a CPU
     assert graph["largest_relative_difference"] == 0.0 and graph["tolerance"] == 0.01

@@ -8,13 +8,14 @@
 # next step runs. Each step's result goes into one JSON file, $OUT/check.json; its log, the pages and the
 # CSVs into $OUT/check-files.tar.gz. Without $OUT (the device tool's folder) both land in ./gpu-check/.
 # The caps add up to 8 minutes on the GPU (the whole loan is 15, start-up included):
-#   a. environment      15 s   torch, CUDA, cuDNN, driver, the GPU and its memory
-#   b. graph            45 s   the CIFAR step captured in a CUDA graph equals the eager step after 50 steps
-#      bench            60 s   make bench: the seed-style loop against ours, ResNet-18 and ResNet-34
+#   a. environment      30 s   torch, CUDA, cuDNN, driver, the GPU and its memory; CIFAR-10 decoded into the cache
+#   b. graph            40 s   the CIFAR step captured in a CUDA graph equals the eager step after 50 steps
+#      bench            55 s   make bench: the seed-style loop against ours, ResNet-18 and ResNet-34
 #   c. study            75 s   the smoke study through papermill on cuda, then the report from its runs
-#   d. science         165 s   cifar-depth's cpu-long cells (12 of them, 2,000 iterations) and their verdicts
+#   d. science         160 s   cifar-depth's cpu-long cells (12 of them, 2,000 iterations) and their verdicts
 #   e. imagenet-bench   60 s   make bench MODE=imagenet: input paths, training per GPU at 224
 #      imagenet-cell    60 s   one ImageNet cell through torchrun, NCCL and DDP at world size 1, 2 epochs
+# A step past its cap gets SIGTERM, as the study pool's stop (its cells marked KILLED), and SIGKILL 30 s later.
 # make test runs the --cpu mode (tests/test_gpu_check.py), so its flags, paths and keys are checked on every commit.
 set -uo pipefail
 
@@ -43,7 +44,7 @@ fi
 mkdir -p "$out" "$work/logs"
 
 if [ "$mode" = gpu ]; then
-    steps=(environment:15 graph:45 bench:60 study:75 science:165 imagenet-bench:60 imagenet-cell:60)
+    steps=(environment:30 graph:40 bench:55 study:75 science:160 imagenet-bench:60 imagenet-cell:60)
 else
     steps=(environment:60 graph:60 bench:120 study:180 science:240 imagenet-bench:120 imagenet-cell:120)
 fi
@@ -52,7 +53,7 @@ for entry in "${steps[@]}"; do
     step=${entry%%:*} cap=${entry##*:}
     echo "== $step (at most ${cap} s)"
     step_started=$(date +%s)
-    timeout --kill-after=10 "$cap" "$python" tests/gpu/steps.py "$step" --mode "$mode" --work "$work" --data "$data" \
+    timeout --kill-after=30 "$cap" "$python" tests/gpu/steps.py "$step" --mode "$mode" --work "$work" --data "$data" \
         >"$work/logs/$step.log" 2>&1
     code=$?
     tail -n 1 "$work/logs/$step.log"
