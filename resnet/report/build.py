@@ -103,8 +103,9 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
         depth_figure = curves_figure(
             cifar_depth, [(f"plain-{'/'.join(m[5:] for m, _ in plain)}", plain),
                           (f"ResNet-{'/'.join(m[6:] for m, _ in residual)} (option A)", residual)],
-            "figure6", "The paper's Figure 6: training error (thin) and test error (bold) against iterations; "
-            f"mean over seeds, band = min to max. {sections.run_length(cifar_depth)['short']}")
+            "figure6", "The paper's Figure 6: training error (dashed) and test error (bold) against iterations, as "
+            f"the paper draws them; mean over seeds, band = min to max. {sections.run_length(cifar_depth)['short']}",
+            training="dashed")
         ablation = sections.ablation(cifar_depth, networks)
         depth_claims = sections.depth_claims(cifar_depth)
         depth_verdicts = {f"cifar-{key}": judge(cifar_depth, *claim) for key, claim in depth_claims.items()}

@@ -13,8 +13,10 @@ from .results import label, network_rows
 
 # One colour per curve in a panel, in order: the shallower net blue and the deeper red, as the paper's Figure 4.
 PANEL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-# The paper draws training error thin and test (CIFAR-10) or validation (ImageNet) error bold (Figures 4 and 6).
+# The paper draws test (CIFAR-10) or validation (ImageNet) error bold, and training error thin in Figure 4 but
+# dashed in Figure 6 ("dashed lines denote training error, and bold lines denote testing error").
 THIN, BOLD = 1.0, 2.6
+TRAINING_STYLES = {"thin": {"linewidth": THIN}, "dashed": {"linewidth": 1.5, "linestyle": (0, (4, 2))}}
 # The bold curve's metric, and its name in the legend: CIFAR-10's test error, ImageNet's centre-crop validation error.
 TEST_CURVE = ("test_error", "test")
 VALIDATION_CURVE = ("val_error", "val")
@@ -29,13 +31,14 @@ class Figure:
 
 
 def curves_figure(frame: pd.DataFrame, panels: list[tuple[str, list[tuple[str, str]]]], name: str,
-                  caption: str, bold: tuple[str, str] = TEST_CURVE) -> Figure:
+                  caption: str, bold: tuple[str, str] = TEST_CURVE, training: str = "thin") -> Figure:
     """One panel per ``(title, networks)``: mean curves over seeds with a min-max band, against
-    iterations as the paper plots them; training error thin, ``bold`` = (metric, legend name) bold."""
+    iterations as the paper plots them; training error ``training`` (thin as Figure 4, dashed as Figure 6),
+    ``bold`` = (metric, legend name) bold."""
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), sharey=True, squeeze=False)
     for axis, (title, networks) in zip(axes[0], panels):
-        _curve_panel(axis, frame, networks, title, bold)
+        _curve_panel(axis, frame, networks, title, bold, TRAINING_STYLES[training])
     axes[0][0].set_ylabel("error (%)")
     figure.tight_layout()
     return _render(figure, name, caption)
@@ -79,8 +82,10 @@ def _layer_order(column: str) -> tuple:
 
 
 def _curve_panel(axis, frame: pd.DataFrame, networks: list[tuple[str, str]], title: str,
-                 bold: tuple[str, str]) -> list[str]:
-    """Mean curves over seeds with a min-max band; thin = train error, bold = ``bold``'s metric."""
+                 bold: tuple[str, str], training_style: dict) -> list[str]:
+    """Mean curves over seeds with a min-max band; ``training_style`` for the train error, bold for
+    ``bold``'s metric. Lines lie above every band, and the training bands are fainter, so that a training
+    line stays readable where the bands of several networks overlap."""
     gaps = []
     for colour, (model, shortcut) in zip(PANEL_COLOURS, networks):
         rows = network_rows(frame, model, shortcut).dropna(subset=["step"])
@@ -89,14 +94,15 @@ def _curve_panel(axis, frame: pd.DataFrame, networks: list[tuple[str, str]], tit
             gaps.append(name)
             continue
         seeds = rows["seed"].nunique()
-        for metric, width, kind in (("train_error", THIN, "train"), (bold[0], BOLD, bold[1])):
+        for metric, style, kind, shade in (("train_error", training_style, "train", 0.08),
+                                           (bold[0], {"linewidth": BOLD}, bold[1], 0.15)):
             grouped = rows.dropna(subset=[metric]).groupby("step")  # the test set may be evaluated less often
             mean = grouped[metric].mean()
-            count = f" ({seeds} seeds)" if width == BOLD and seeds > 1 else ""
-            axis.plot(mean.index, mean.values, color=colour, linewidth=width, label=f"{name} {kind}{count}")
+            count = f" ({seeds} seeds)" if kind != "train" and seeds > 1 else ""
+            axis.plot(mean.index, mean.values, color=colour, label=f"{name} {kind}{count}", zorder=3, **style)
             if seeds > 1:
                 axis.fill_between(mean.index, grouped[metric].min().values, grouped[metric].max().values,
-                                  color=colour, alpha=0.15, linewidth=0)
+                                  color=colour, alpha=shade, linewidth=0, zorder=1)
     axis.set_title(title + (f"  [missing: {', '.join(gaps)}]" if gaps else ""), fontsize=10)
     axis.set_xlabel("iterations")
     axis.grid(alpha=0.3)

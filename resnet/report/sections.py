@@ -115,8 +115,10 @@ def ablation(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> dict[str, 
     depth = model[len("resnet"):]
     compared = [n for n in ((f"plain{depth}", PLAIN), (model, A), (model, ZERO_INIT_A)) if n in networks]
     figure = curves_figure(frame, [(f"{depth} layers: plain, option A, option A with zero-init", compared)],
-                           "zero-init-ablation", "The initialisation ablation: training error (thin) and test error "
-                           "(bold) against iterations; mean over seeds, band = min to max.")
+                           "zero-init-ablation", "The initialisation ablation: training error (dashed) and test "
+                           "error (bold) against iterations, as Figure 6 draws them; mean over seeds, band = min to "
+                           "max.",
+                           training="dashed")
     stages = sorted({c.split("_")[-1] for c in frame.columns if c.startswith("stage_std_init_")})
     last_stage = stages[-1] if stages else "last stage"
     rows, numbers = [], {}
@@ -271,7 +273,16 @@ def run_length(frame: pd.DataFrame) -> dict[str, Any]:
                "paper-compressed": "lr drops compressed to 50% and 75% of the run",
                "multistep": "lr drops at chosen epochs", "cosine": "cosine learning rate"}
     explained = "; ".join(f"{s}: {meaning.get(s, s)}" for s in schedules)
-    return {"full": full, "iterations": iterations, "schedules": schedules,
+    # What the runs changed in the recipe itself (not only its length): named beside the verdicts.
+    departures = []
+    if set(schedules) - {"paper"}:
+        departures.append(f"the {', '.join(s for s in schedules if s != 'paper')} learning-rate schedule, not the "
+                          "paper's (drops at 32k and 48k iterations)")
+    normalisations = sorted({str(n) for n in runs["normalisation"]}) if "normalisation" in runs else []
+    if set(normalisations) - {"per-pixel"}:
+        departures.append(f"{', '.join(n for n in normalisations if n != 'per-pixel')} input normalisation, not the "
+                          "paper's per-pixel mean")
+    return {"full": full, "iterations": iterations, "schedules": schedules, "departures": departures,
             "short": "Full length." if full else f"Short run: {share}, batch {batch} ({explained}).",
             "long": f"{share}, batch {batch}; schedule {explained}"}
 
