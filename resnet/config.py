@@ -226,6 +226,23 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def processor_description() -> str:
+    """This CPU as a run records it: its model name and whether it computes bf16 natively (AVX512-BF16,
+    AMX), which decides what ``best`` runs and so the numbers (Linux /proc/cpuinfo; elsewhere the platform's
+    name)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not sys.platform.startswith("linux") or not cpuinfo.is_file():
+        import platform
+
+        return platform.processor() or platform.machine() or "unknown"
+    text = cpuinfo.read_text(errors="replace")
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    flags = set(text.split())
+    features = [f"{'' if flag in flags else 'no '}{name}" for flag, name in
+                (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX"), ("avx2", "AVX2"))]
+    return f"{names[0] if names else 'unknown CPU'} ({', '.join(features)})"
+
+
 def identity_hash(identity: dict[str, Any]) -> str:
     """A run's fingerprint: 16 hex digits of the SHA-256 of its identifying settings as sorted JSON."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -141,3 +141,13 @@ def test_warmup_runs_carry_the_rule_that_ends_the_warmup_in_their_identity():
     # Earlier runs judged the warm-up once per epoch: their fingerprint (without the rule) is not today's.
     assert warm.fingerprint() == _hash({**identity, "warmup_check_steps": 20}) != _hash(identity)
     assert plain.fingerprint() == _hash({**identity, "warmup": False})
+
+
+def test_a_run_names_its_processor_and_whether_it_computes_bf16_natively():
+    """CPUs differ (bf16 rounding follows the CPU's kernels): the run records which one it ran on."""
+    from resnet.config import cpu_has_native_bf16, processor_description
+
+    described = processor_description()
+    model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    assert described.startswith(f"{model} (")
+    assert ("no AVX512-BF16" not in described or "no AMX" not in described) == cpu_has_native_bf16()

@@ -31,7 +31,7 @@ DATA_PARALLEL_PARAMS = ("world_size", "backend", "per_process_batch", "effective
 RUN_COLUMNS = ["study", "profile", "run_id", "experiment_id", "cell", "model", "shortcut", "seed", "status",
                "failure_reason", "parameters", "multiply_adds", "schedule", "iterations", "epochs_planned",
                "batch_size", "precision", "normalisation", "device", "data_provenance", "data_description",
-               "git_commit", "git_dirty", "start_time", *DATA_PARALLEL_PARAMS]
+               "git_commit", "git_dirty", "processor", "torch_version", "start_time", *DATA_PARALLEL_PARAMS]
 # The paper's grids, as (model, shortcut) pairs; "none" for plain nets. The shortcut column holds the
 # option as the page names the network: "A", or "A, zero-init" for the initialisation ablation
 # (keys.network_option), a network of its own.
@@ -102,6 +102,7 @@ def _run_row(run, study: str, profile: str, experiment_id: str) -> dict:
         "data_provenance": tags.get(keys.DATA_PROVENANCE_TAG, ""),
         "data_description": tags.get(keys.DATA_DESCRIPTION_TAG, ""),
         "git_commit": tags.get(keys.GIT_COMMIT_TAG, ""), "git_dirty": tags.get(keys.GIT_DIRTY_TAG, ""),
+        "processor": tags.get(keys.PROCESSOR_TAG, ""), "torch_version": tags.get(keys.TORCH_VERSION_TAG, ""),
         "start_time": started.isoformat(timespec="seconds"),
         **{key: params.get(key, "") for key in DATA_PARALLEL_PARAMS},
     }
@@ -113,7 +114,8 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     numeric = [c for c in head if c in EVERY_METRIC + ("epoch",) or c.startswith(RUN_METRIC_PREFIXES)]
     # Tags stay text: pandas would read git_dirty's "true" as a bool, and the page would lose "(dirty)".
     table = pd.read_csv(path, dtype={"shortcut": str, "run_id": str, "experiment_id": str, "git_dirty": str,
-                                     "git_commit": str}, keep_default_na=False,
+                                     "git_commit": str, "processor": str, "torch_version": str},
+                        keep_default_na=False,
                         na_values={c: [""] for c in numeric})
     recorded = [keys.recorded_settings({k: row[k] for k in ("schedule", "precision", "normalisation") if k in head},
                                            row["device"]) for row in table.to_dict("records")]

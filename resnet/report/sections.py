@@ -237,7 +237,10 @@ def provenance(frame: pd.DataFrame, ui_base: str) -> dict[str, Any]:
         "official": set(runs["data_provenance"]) <= {"official"},
         "built": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "studies": listed("study"), "profiles": listed("profile"), "commits": commits,
-        "devices": listed("device"), "precisions": listed("precision"), "normalisations": listed("normalisation"),
+        "devices": listed("device"), "precisions": listed("precision"),
+        "processors": ", ".join(sorted({str(p) for p in runs["processor"] if str(p) not in ("", "nan")})),
+        "torch_versions": ", ".join(sorted({str(v) for v in runs["torch_version"] if str(v) not in ("", "nan")})),
+        "normalisations": listed("normalisation"),
         "lengths": run_length(frame)["long"], "seeds": ", ".join(map(str, sorted(set(runs["seed"])))),
         "zero_init": ", ".join(sorted({label(model, option) for model, option in zip(runs["model"], runs["shortcut"])
                                        if option == ZERO_INIT_A})),

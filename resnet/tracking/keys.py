@@ -27,6 +27,7 @@ SHORTCUT_TAG = "shortcut"
 SEED_TAG = "seed"
 DEVICE_TAG = "device"
 TORCH_VERSION_TAG = "torch_version"
+PROCESSOR_TAG = "processor"  # the CPU's model and bf16 features (config.processor_description): CPUs differ
 DATA_PROVENANCE_TAG = "data_provenance"
 DATA_DESCRIPTION_TAG = "data_description"
 FAILURE_REASON_TAG = "failure_reason"

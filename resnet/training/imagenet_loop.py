@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..config import ConfigError
+from ..config import ConfigError, processor_description
 from ..data import DataError
 from ..imagenet import open_imagenet
 from ..imagenet_config import ImageNetConfig
@@ -349,6 +349,7 @@ class _Training:
                 keys.STUDY_TAG: config.study, keys.CELL_TAG: config.cell or config.run_name,
                 keys.MODEL_TAG: config.model, keys.SHORTCUT_TAG: config.shortcut or "none",
                 keys.SEED_TAG: str(config.seed), keys.TORCH_VERSION_TAG: torch.__version__,
+                keys.PROCESSOR_TAG: processor_description(),
                 keys.DEVICE_TAG: torch.cuda.get_device_name(world.device) if world.device.type == "cuda" else "cpu",
                 keys.DATA_DESCRIPTION_TAG: self.data.description}
         if self.cell.parent_run_id:

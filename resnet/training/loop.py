@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .. import paper
-from ..config import WARMUP_CHECK_STEPS, TrainConfig
+from ..config import WARMUP_CHECK_STEPS, TrainConfig, processor_description
 from ..data import Cifar10, load_cifar10, subset, validation_split
 from ..measures import count_multiply_adds, count_parameters
 from ..models import build_model
@@ -311,7 +311,7 @@ def _create_run(
         keys.SHORTCUT_TAG: config.shortcut or "none",
         keys.SEED_TAG: str(config.seed),
         keys.DEVICE_TAG: torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        keys.TORCH_VERSION_TAG: torch.__version__,
+        keys.TORCH_VERSION_TAG: torch.__version__, keys.PROCESSOR_TAG: processor_description(),
         keys.DATA_PROVENANCE_TAG: data.provenance,
         keys.DATA_DESCRIPTION_TAG: data.description,
     }
