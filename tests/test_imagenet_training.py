@@ -21,7 +21,7 @@ from resnet.report.build import main as report_main
 from resnet.studies.cli import main
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store
-from resnet.training import imagenet_loop
+from resnet.training import imagenet_input, imagenet_loop
 from resnet.training.distributed import launch
 from resnet.training.imagenet_loop import train_imagenet
 
@@ -257,7 +257,7 @@ def test_a_resume_reads_the_cells_mean_image_and_the_loaders_are_built_once(stor
             built.append(dataset.view.__name__)
             super().__init__(dataset, **options)
 
-    monkeypatch.setattr(imagenet_loop, "DataLoader", CountedLoader)
+    monkeypatch.setattr(imagenet_input, "DataLoader", CountedLoader)
     finish_epoch = imagenet_loop._Training._epoch
 
     def killed_in_epoch_three(self, epoch, state):
@@ -271,19 +271,19 @@ def test_a_resume_reads_the_cells_mean_image_and_the_loaders_are_built_once(stor
     assert built == ["training_view", "centre_view"]  # two epochs validated through the one loader
     (saved,) = (tmp_path / "checkpoints").glob("*.mean-image.pt")
     monkeypatch.setattr(imagenet_loop._Training, "_epoch", finish_epoch)
-    monkeypatch.setattr(imagenet_loop, "mean_image", lambda *args, **kwargs: pytest.fail("decoded the sample again"))
+    monkeypatch.setattr(imagenet_input, "mean_image", lambda *args, **kwargs: pytest.fail("decoded the sample again"))
     train_imagenet(config, tracking_uri=store, checkpoint_dir=tmp_path / "checkpoints")
     assert built[2:] == ["training_view", "centre_view", "ten_crop_views"] and not saved.exists()
 
 
 def test_on_a_gpu_the_loaders_pin_their_batches_and_cudnn_picks_its_kernels_once(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    imagenet_loop.prepare_device(torch.device("cpu"))
+    imagenet_input.prepare_device(torch.device("cpu"))
     assert torch.backends.cudnn.benchmark is False
-    imagenet_loop.prepare_device(torch.device("cuda", 0))
+    imagenet_input.prepare_device(torch.device("cuda", 0))
     assert torch.backends.cudnn.benchmark is True
     images = list(range(4))
-    assert imagenet_loop.loader(images, 2, 0, torch.device("cuda", 0)).pin_memory is True
-    assert imagenet_loop.loader(images, 2, 0, torch.device("cpu")).pin_memory is False
-    assert imagenet_loop.loader(images, 2, 2, torch.device("cpu"), keep_workers=True).persistent_workers is True
-    assert imagenet_loop.loader(images, 2, 2, torch.device("cpu")).persistent_workers is False  # set_epoch reaches it
+    assert imagenet_input.loader(images, 2, 0, torch.device("cuda", 0)).pin_memory is True
+    assert imagenet_input.loader(images, 2, 0, torch.device("cpu")).pin_memory is False
+    assert imagenet_input.loader(images, 2, 2, torch.device("cpu"), keep_workers=True).persistent_workers is True
+    assert imagenet_input.loader(images, 2, 2, torch.device("cpu")).persistent_workers is False  # set_epoch reaches it

@@ -144,13 +144,10 @@ class Normalisation:
     def per_pixel(cls, batches: Iterable[torch.Tensor]) -> Normalisation:
         """The per-pixel normalisation of the images in ``batches`` (uint8, N x C x H x W each), summed
         batch by batch in float64: memory grows with the largest batch, not with their number."""
-        total = squares = None
-        count = 0
+        total, squares, count = 0, 0, 0
         for part in batches:
             part = part.to(torch.float64, copy=True)  # squared in place below
-            total = part.sum(dim=0) if total is None else total.add_(part.sum(dim=0))
-            squares = part.square_().sum(dim=0) if squares is None else squares.add_(part.square_().sum(dim=0))
-            count += len(part)
+            total, squares, count = total + part.sum(dim=0), squares + part.square_().sum(dim=0), count + len(part)
         if not count:
             raise ValueError("per-pixel normalisation needs at least one image")
         mean_image = total / count

@@ -14,15 +14,20 @@ PIL in DataLoader workers, then normalised and colour-augmented on the step's de
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader
 
 from .. import paper
 from ..imagenet import load_rgb
+from ..paths import atomic_write_bytes
 from .engine import Normalisation, Precision
 
 CROPS_PER_IMAGE = 10  # the standard 10-crop test: 4 corners and the centre, and their mirrors
@@ -174,6 +179,45 @@ def mean_image(items, count: int, sizes: ViewSizes = PAPER_VIEWS, workers: int =
     crops = ImageNetImages(tuple(items)[:count], centre_view, sizes=sizes)
     loader = torch.utils.data.DataLoader(crops, batch_size=chunk, num_workers=workers)
     return Normalisation.per_pixel(images for images, _ in loader)
+
+
+def shared_mean_image(items, count: int, sizes: ViewSizes, workers: int, saved: Path, world) -> Normalisation:
+    """The per-pixel normalisation of a data-parallel cell, decoded once: rank 0 computes it (``mean_image``)
+    or reads what it saved at the cell's first start (``saved``, beside the checkpoint, for a resume), and
+    every other rank receives it from rank 0 instead of decoding the sample itself."""
+    if world.is_main:
+        if saved.is_file():
+            stored = torch.load(saved, map_location="cpu", weights_only=True)
+            normalise = Normalisation(NORMALISATION, stored["mean"], stored["std"])
+        else:
+            normalise = mean_image(items, count, sizes, workers=workers)
+            buffer = io.BytesIO()
+            torch.save({"mean": normalise.mean, "std": normalise.std}, buffer)
+            atomic_write_bytes(saved, buffer.getvalue())
+        normalise = normalise.to(world.device)
+    else:
+        normalise = Normalisation(NORMALISATION, torch.empty(1, 3, sizes.crop, sizes.crop, device=world.device),
+                                  torch.empty((), device=world.device))
+    if world.size > 1:
+        dist.broadcast(normalise.mean, 0)
+        dist.broadcast(normalise.std, 0)
+    return normalise
+
+
+def prepare_device(device: torch.device) -> None:
+    """cuDNN picks its fastest convolution for each shape once (the views are fixed-size), as torchvision's
+    reference does."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def loader(dataset, batch_size: int, workers: int, device: torch.device, keep_workers: bool = False,
+           **options) -> DataLoader:
+    """A DataLoader for ``device``: pinned batches on a GPU (their copies then overlap the step). With
+    ``keep_workers`` its workers stay up between passes; never for the training set, whose workers must
+    start each epoch with its new ``set_epoch`` (a kept worker holds the copy it started with)."""
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
+                      persistent_workers=keep_workers and workers > 0, **options)
 
 
 def lighting(images: torch.Tensor, normalise: Normalisation, generator: torch.Generator) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 
 from ..config import ConfigError, processor_description
 from ..data import DataError
@@ -34,7 +34,7 @@ from ..models import build_model
 from ..paths import atomic_write_bytes, runs_dir
 from ..tracking import keys, store
 from .distributed import World, check_world, join, launch, launched_world, leave, sum_over_ranks
-from .engine import SGD, Normalisation, Precision, StepMetrics
+from .engine import SGD, Precision, StepMetrics
 from .imagenet_input import (
     DECODER,
     NORMALISATION,
@@ -42,7 +42,9 @@ from .imagenet_input import (
     ViewSizes,
     centre_view,
     lighting,
-    mean_image,
+    loader,
+    prepare_device,
+    shared_mean_image,
     ten_crop_scores,
     ten_crop_views,
     top_hits,
@@ -147,7 +149,10 @@ class _Training:
         self.model = DistributedDataParallel(network) if dist.is_initialized() else network  # a launcher's world
         self.lr = torch.tensor(config.lr_at_epoch(1), device=world.device)
         self.optimizer = SGD(self.model.parameters(), self.lr, config.momentum, config.weight_decay)
-        self.normalise = self._normalisation()
+        # Computed once per cell: rank 0 decodes the sample (or reads it back on a resume), every rank gets it.
+        self.mean_image_file = Path(cell.checkpoint).with_suffix(".mean-image.pt")
+        self.normalise = shared_mean_image(self.train_items, min(config.mean_images, len(self.train_items)),
+                                           self.sizes, config.workers, self.mean_image_file, world)
         self.generator = torch.Generator(device=world.device)  # the colour draws: seeded per epoch and rank
         self.train_set = ImageNetImages(self.train_items, training_view, seed=config.seed, sizes=self.sizes)
         self.sampler = DistributedSampler(self.train_set, num_replicas=world.size, rank=world.rank, shuffle=True,
@@ -199,7 +204,7 @@ class _Training:
             store.log_files(client, state.run_id, {"config.json": json.dumps(self.config.to_dict(), indent=2).encode()})
             client.set_terminated(state.run_id, keys.STATUS_FINISHED)
             Path(self.cell.checkpoint).unlink(missing_ok=True)
-            self._mean_image_file.unlink(missing_ok=True)
+            self.mean_image_file.unlink(missing_ok=True)
 
     def _record_end(self, client, state: _State, error: BaseException, signals: StopSignals) -> None:
         """KILLED for a stop, FAILED for anything else. A partner rank that stopped on the same signal
@@ -308,34 +313,6 @@ class _Training:
                     "where every "
                     "node reaches it (--runs-dir, RESNET_RUNS_DIR)")
 
-    @property
-    def _mean_image_file(self) -> Path:
-        return Path(self.cell.checkpoint).with_suffix(".mean-image.pt")
-
-    def _normalisation(self) -> Normalisation:
-        """The per-pixel mean image and std, computed once per cell: rank 0 decodes the sample (or reads
-        what it saved beside the checkpoint at the cell's first start) and hands it to every rank."""
-        config, world = self.config, self.world
-        if world.is_main:
-            path = self._mean_image_file
-            if path.is_file():
-                saved = torch.load(path, map_location="cpu", weights_only=True)
-                normalise = Normalisation(NORMALISATION, saved["mean"], saved["std"])
-            else:
-                normalise = mean_image(self.train_items, min(config.mean_images, len(self.train_items)), self.sizes,
-                                       workers=config.workers)
-                buffer = io.BytesIO()
-                torch.save({"mean": normalise.mean, "std": normalise.std}, buffer)
-                atomic_write_bytes(path, buffer.getvalue())
-            normalise = normalise.to(world.device)
-        else:
-            normalise = Normalisation(NORMALISATION, torch.empty(1, 3, config.crop, config.crop, device=world.device),
-                                      torch.empty((), device=world.device))
-        if world.size > 1:
-            dist.broadcast(normalise.mean, 0)
-            dist.broadcast(normalise.std, 0)
-        return normalise
-
     def _save(self, state: _State) -> None:
         buffer = io.BytesIO()
         torch.save({"model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -367,22 +344,6 @@ class _Training:
 
 # How long rank 0 waits, after a collective failed, for the stop signal that may have ended a partner first.
 STOP_GRACE_SECONDS = 2.0
-
-
-def prepare_device(device: torch.device) -> None:
-    """cuDNN picks its fastest convolution for each shape once (the views are fixed-size), as torchvision's
-    reference does."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
-def loader(dataset, batch_size: int, workers: int, device: torch.device, keep_workers: bool = False,
-           **options) -> DataLoader:
-    """A DataLoader for ``device``: pinned batches on a GPU (their copies then overlap the step). With
-    ``keep_workers`` its workers stay up between passes; never for the training set, whose workers must
-    start each epoch with its new ``set_epoch`` (a kept worker holds the copy it started with)."""
-    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
-                      persistent_workers=keep_workers and workers > 0, **options)
 
 
 def _per_class(items, limit: int | None) -> tuple[tuple[str, int], ...]:
