@@ -114,7 +114,9 @@ def test_bad_cells_fail_clearly_while_the_others_finish(store, tmp_path, capsys)
 
 def test_killed_study_resumes_without_redoing_finished_cells(store, tmp_path):
     path = _write_study(tmp_path, "  - {model: [resnet20, plain20]}", epochs=4)
-    command = [sys.executable, "-m", "resnet.study", "--study", str(path), "--profile", "test", "--tracking-uri", store]
+    # One cell at a time (not a cell per core): the second is stopped while the first's run is finished.
+    command = [sys.executable, "-m", "resnet.study", "--study", str(path), "--profile", "test", "--tracking-uri", store,
+               "--jobs", "1"]
     environment = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
         command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
