@@ -33,6 +33,19 @@ STUDY_TINY = {key: TINY[key] for key in ("epochs", "batch_size", "crop", "scale_
 STUDY_TINY.update(world_size=2, backend="gloo", precision="fp32")
 
 
+def _killed_in_epoch(epoch: int, monkeypatch):
+    """Make every cell stop as a SIGTERM would when it reaches ``epoch``; the real epoch, to put back."""
+    finish_epoch = imagenet_loop._Training._epoch
+
+    def killed(self, number, state):
+        if number == epoch:
+            raise KeyboardInterrupt("signal SIGTERM")
+        return finish_epoch(self, number, state)
+
+    monkeypatch.setattr(imagenet_loop._Training, "_epoch", killed)
+    return finish_epoch
+
+
 @pytest.fixture
 def tree(tmp_path):
     return make_tree(tmp_path / "imagenet", per_class=3)
@@ -62,14 +75,7 @@ def test_two_processes_train_one_cell_into_one_mlflow_run(store, tree, tmp_path)
 
 def test_a_killed_cell_resumes_from_its_last_epoch_into_the_same_run(store, tree, tmp_path, monkeypatch, capsys):
     config = ImageNetConfig(**TINY, data=str(tree))
-    finish_epoch = imagenet_loop._Training._epoch
-
-    def killed_in_epoch_two(self, epoch, state):
-        if epoch == 2:
-            raise KeyboardInterrupt("signal SIGTERM")
-        return finish_epoch(self, epoch, state)
-
-    monkeypatch.setattr(imagenet_loop._Training, "_epoch", killed_in_epoch_two)
+    finish_epoch = _killed_in_epoch(2, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_imagenet(config, tracking_uri=store, checkpoint_dir=tmp_path / "checkpoints")
     client = mlflow_store.client(store)
@@ -215,14 +221,7 @@ def _resume_from_my_own_folder(config, uri, folder):
 
 def test_ranks_that_restored_different_states_stop_with_a_clear_error_not_a_hang(store, tree, tmp_path, monkeypatch):
     config = ImageNetConfig(**TINY, data=str(tree)).resolved_for("cpu")
-    finish_epoch = imagenet_loop._Training._epoch
-
-    def killed_in_epoch_two(self, epoch, state):
-        if epoch == 2:
-            raise KeyboardInterrupt("signal SIGTERM")
-        return finish_epoch(self, epoch, state)
-
-    monkeypatch.setattr(imagenet_loop._Training, "_epoch", killed_in_epoch_two)
+    _killed_in_epoch(2, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_imagenet(config, tracking_uri=store, checkpoint_dir=tmp_path / "one")
     (checkpoint,) = _checkpoints(tmp_path / "one")
@@ -258,14 +257,7 @@ def test_a_resume_reads_the_cells_mean_image_and_the_loaders_are_built_once(stor
             super().__init__(dataset, **options)
 
     monkeypatch.setattr(imagenet_input, "DataLoader", CountedLoader)
-    finish_epoch = imagenet_loop._Training._epoch
-
-    def killed_in_epoch_three(self, epoch, state):
-        if epoch == 3:
-            raise KeyboardInterrupt("signal SIGTERM")
-        return finish_epoch(self, epoch, state)
-
-    monkeypatch.setattr(imagenet_loop._Training, "_epoch", killed_in_epoch_three)
+    finish_epoch = _killed_in_epoch(3, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_imagenet(config, tracking_uri=store, checkpoint_dir=tmp_path / "checkpoints")
     assert built == ["training_view", "centre_view"]  # two epochs validated through the one loader
