@@ -209,8 +209,8 @@ class _Training:
     def _record_end(self, client, state: _State, error: BaseException, signals: StopSignals) -> None:
         """KILLED for a stop, FAILED for anything else. A partner rank that stopped on the same signal
         may end this rank's collective first: an error here within a moment of a signal is the stop."""
-        partner_stopped = self.world.size > 1 and not isinstance(error, KeyboardInterrupt) and isinstance(
-            error, Exception) and signals.signalled_within(STOP_GRACE_SECONDS)
+        partner_stopped = (self.world.size > 1 and isinstance(error, Exception)
+                           and signals.signalled_within(STOP_GRACE_SECONDS))
         if isinstance(error, KeyboardInterrupt) or partner_stopped:
             why = error if isinstance(error, KeyboardInterrupt) and str(error) else signals.received or "Ctrl-C"
             store.end_run(client, state.run_id, keys.STATUS_KILLED,
@@ -299,8 +299,8 @@ class _Training:
         partners, and their collectives would wait for each other until the timeout."""
         if self.world.size == 1:
             return
-        checksum = sum(float(p.detach().double().sum()) for p in self.network.parameters())
-        mine = torch.tensor([len(state.history), checksum], dtype=torch.float64, device=self.world.device)
+        checksum = torch.stack([p.detach().double().sum() for p in self.network.parameters()]).sum()
+        mine = torch.stack([checksum.new_tensor(float(len(state.history))), checksum])  # on the device, no sync
         everyone = [torch.zeros_like(mine) for _ in range(self.world.size)]
         dist.all_gather(everyone, mine)
         first = everyone[0].tolist()
