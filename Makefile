@@ -6,11 +6,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-# Knobs (make reproduce STUDY=cifar-depth PROFILE=quick DATA=/path/to/cifar10-jpeg.tar.xz)
+# Knobs (make reproduce STUDY=cifar-depth PROFILE=quick DATA=/path/to/cifar10-jpeg.tar.xz; on a CPU MINUTES=30)
 STUDY   ?= degradation
 PROFILE ?=
 DATA    ?=
 JOBS    ?=
+MINUTES ?=
 GPUS    ?=
 PORT    ?= 5000
 # make server: where it listens and what it stores (README, "On a cluster")
@@ -41,7 +42,7 @@ help: ## Show this help
 	@echo
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 	@echo
-	@echo "Variables: STUDY=$(STUDY) PROFILE=<auto> DATA=<download> JOBS=<auto> GPUS=<auto> PORT=$(PORT) HOST=$(HOST)"
+	@echo "Variables: STUDY=$(STUDY) PROFILE=<auto> DATA=<download> JOBS=<auto> MINUTES=<the profile's length> GPUS=<auto> PORT=$(PORT) HOST=$(HOST)"
 
 .PHONY: setup
 setup: $(VENV)/.installed ## Create .venv with the package installed (editable)
@@ -53,7 +54,7 @@ SLURM         ?=
 RUNS_DIR      ?=
 CELLS_PER_JOB ?=
 STUDY_ARGS = --study $(STUDY) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA)) \
-             $(if $(JOBS),--jobs $(JOBS)) $(if $(GPUS),--gpus $(GPUS)) --executor $(EXECUTOR) \
+             $(if $(JOBS),--jobs $(JOBS)) $(if $(MINUTES),--minutes $(MINUTES)) $(if $(GPUS),--gpus $(GPUS)) --executor $(EXECUTOR) \
              $(if $(CELLS_PER_JOB),--cells-per-job $(CELLS_PER_JOB)) \
              $(foreach option,$(SLURM),--slurm $(option)) $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR))
 STUDY_VENV = $(if $(filter slurm,$(EXECUTOR)),$(VENV)/.installed-cluster,$(VENV)/.installed)
@@ -63,6 +64,10 @@ reproduce: $(STUDY_VENV) ## Run the study into MLflow (GPU: degradation, full; C
 	@status=0; $(BIN)/python -m resnet.study $(STUDY_ARGS) || status=$$?; \
 	if [ $$status -ne 130 ]; then $(BIN)/python -m resnet.report || { [ $$status -ne 0 ] || status=1; }; fi; \
 	echo; echo "Browse the runs: $${MLFLOW_TRACKING_URI:-make ui   (MLflow on http://127.0.0.1:$(PORT))}"; exit $$status
+
+.PHONY: plan
+plan: $(VENV)/.installed ## Print what make reproduce would run on this CPU in MINUTES=N (iterations, cells at once, minutes)
+	$(BIN)/python -m resnet.study $(STUDY_ARGS) --plan
 
 # The report is a real file: rebuilt when the package changes or the store has new runs.
 reports/degradation.html: $(VENV)/.installed $(shell find resnet -name '*.py' -o -name '*.j2') $(wildcard mlflow.db)

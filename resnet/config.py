@@ -178,6 +178,18 @@ class TrainConfig:
         the same network are different experiments."""
         return identity_hash(self._identity())
 
+    def lineage(self) -> str | None:
+        """The experiment's identity apart from its length, where runs of one lineage are prefixes of each
+        other: the paper's schedule (its lr drops are absolute iterations, so a shorter run is the longer
+        one stopped early). A longer run continues a kept shorter one (``training.loop``). None for the
+        schedules whose learning rates depend on the run's length."""
+        if self.schedule != "paper":
+            return None
+        identity = self._identity()
+        for length in ("iterations", "epochs"):
+            identity.pop(length, None)
+        return identity_hash(identity)
+
     def legacy_fingerprints(self) -> dict[str, bool]:
         """The fingerprints earlier versions gave this same experiment, each with whether its runs
         predate the precision setting (they ran bf16 on CUDA and fp32 on the CPU: the caller checks the

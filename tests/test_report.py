@@ -514,3 +514,26 @@ def test_the_cpu_reference_csv_keeps_which_cells_ran_dirty_and_at_which_commit()
         "35fb1fd2a1 for resnet56-A-s1; adeba913f5 (dirty) for plain20-s0, plain56-s1, resnet20-A-s0; "
         "c6a5195b61 for plain56-s0, resnet56-A-s0")
     assert commits_by_cell(runs[runs["cell"] == "plain20-s1"]) == "21db388de2"
+
+
+def test_a_short_cpu_pages_length_is_read_on_the_committed_cpu_reference():
+    """The laptop's 234 iterations are epoch 6 of the CPU reference: its by-length verdicts there are the
+    laptop page's own, digit for digit (the prefix argument); other data get a sentence, not numbers."""
+    from resnet.report import sections
+
+    reference = read_csv(ROOT / sections.CPU_REFERENCE_CSV)
+    laptop = read_csv(ROOT / "reports/reference/cifar-depth-laptop-cpu-cifar10jpeg-metrics.csv")
+    expected = sections.reference_at_length(laptop, reference, sections.depth_claims(laptop))
+    assert (expected["boundary"], expected["iterations"], expected["note"]) == (234, 234, "")
+    assert [(row["claim"], row["answer"], row["difference"]) for row in expected["rows"]] == [
+        ("plain-56 trains worse than plain-20", "Yes", "+17.58 [9.72, 25.44] points, n = 3"),
+        ("ResNet-56 (A) trains better than plain-56", "Not decided", "-0.73 [-17.17, 15.71] points, n = 3"),
+        ("ResNet-56 (A) trains better than ResNet-20 (A)", "No", "+25.17 [7.02, 43.32] points, n = 3"),
+    ]
+    longer = laptop.assign(step=laptop["step"] * 10)  # 2,340 iterations: past the reference's last boundary
+    assert "longer than the reference's 2,000 iterations" in sections.reference_at_length(
+        longer, reference, sections.depth_claims(laptop))["note"]
+    other_data = laptop.assign(data_description="synthetic")
+    assert sections.reference_at_length(other_data, reference, sections.depth_claims(laptop))["rows"] == []
+    html = build_report(laptop.iloc[0:0], laptop, cpu_reference=reference).html
+    assert "What this length decided on the committed CPU reference" in html and "+17.58 [9.72, 25.44]" in html

@@ -387,7 +387,7 @@ def test_with_a_gpu_make_reproduce_runs_the_studys_own_profile_on_every_gpu(monk
 @pytest.mark.parametrize("cores, jobs, cells, threads", [(1, 1, 15, 1), (2, 2, 15, 1), (8, 8, 15, 1), (8, 8, 3, 2),
                                                         (16, 4, 15, 4), (64, 64, 15, 4), (2, 2, 1, 2)])
 def test_cells_share_the_cores_one_thread_each_unless_fewer_cells_run_than_cores(cores, jobs, cells, threads):
-    from resnet.studies.local import threads_per_cell
+    from resnet.studies.budget import threads_per_cell
 
     assert threads_per_cell(cores, jobs, cells) == threads
 

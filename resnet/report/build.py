@@ -54,9 +54,11 @@ class Report:
 
 
 def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = None,
-                 ui_base: str = DEFAULT_UI, imagenet: pd.DataFrame | None = None, source: str = "MLflow") -> Report:
+                 ui_base: str = DEFAULT_UI, imagenet: pd.DataFrame | None = None, source: str = "MLflow",
+                 cpu_reference: pd.DataFrame | None = None) -> Report:
     """The whole report from per-epoch tables (see :func:`resnet.report.results.collect_runs`); ``source``
-    names where they were read (MLflow, or a CSV file)."""
+    names where they were read (MLflow, or a CSV file); ``cpu_reference``, the committed CPU reference's
+    table, says what a short run's length decided there."""
     cifar_depth = cifar_depth if cifar_depth is not None else degradation.iloc[0:0]
     imagenet = imagenet if imagenet is not None else degradation.iloc[0:0]
     if degradation.empty and cifar_depth.empty and imagenet.empty:
@@ -119,6 +121,7 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
                                 responses) if f is not None]
         context["cifar_depth"] = {
             "ablation": ablation, "by_length": by_length,
+            "reference_at_length": sections.reference_at_length(cifar_depth, cpu_reference, depth_claims),
             "figure": depth_figure, "table": sections.depth_table(cifar_depth, networks),
             "length": sections.run_length(cifar_depth),
             "verdicts": [sections.verdict_view(v) for v in depth_verdicts.values()],
@@ -203,9 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         cifar_depth = collect_runs("cifar-depth", uri, args.profile if study is None else None)
         degradation = collect_runs(study, uri, args.profile) if study else cifar_depth.iloc[0:0]
         imagenet = collect_runs(args.imagenet_study, uri, metrics=IMAGENET_METRICS)
+    reference_csv = project_root() / sections.CPU_REFERENCE_CSV
     try:
         report = build_report(degradation, cifar_depth, ui_base=ui_base, imagenet=imagenet,
-                              source=f"the CSV file {Path(args.from_csv).name} of" if args.from_csv else "MLflow")
+                              source=f"the CSV file {Path(args.from_csv).name} of" if args.from_csv else "MLflow",
+                              cpu_reference=read_csv(reference_csv) if reference_csv.is_file() else None)
     except ReportError as error:
         print(f"report: {error}", file=sys.stderr)
         return 1

@@ -83,6 +83,44 @@ def by_length(frame: pd.DataFrame, claims: dict[str, tuple]) -> dict[str, Any] |
     return {"figure": figure, "notes": notes}
 
 
+# The committed CPU reference (2,000 iterations, 3 seeds): a shorter CPU run's page says what its length
+# decided there, so that a reader knows what to expect before reading the verdicts.
+CPU_REFERENCE_CSV = "reports/reference/cifar-depth-cpu-long-cpu-cifar10jpeg-metrics.csv"
+# What must match for the reference's by-length verdicts to speak for a run: the data and the recipe.
+SAME_RUN_SETUP = ("data_description", "schedule", "batch_size")
+
+
+def reference_at_length(frame: pd.DataFrame, reference: pd.DataFrame | None, claims: dict[str, tuple],
+                        name: str = CPU_REFERENCE_CSV) -> dict[str, Any] | None:
+    """The verdicts the CPU reference gives runs stopped at this page's length (its last epoch boundary at
+    or below it), for each of this page's claims the reference has; a sentence instead where the
+    reference does not speak for these runs. None for full-length runs or without a reference."""
+    if reference is None or reference.empty or run_length(frame)["full"]:
+        return None
+    reference = reference[reference["status"] == keys.STATUS_FINISHED]
+    iterations = run_length(frame)["iterations"]
+    setups = [{tuple(str(v) for v in row) for row in table.drop_duplicates("run_id")[list(SAME_RUN_SETUP)].values}
+              for table in (frame, reference)]
+    if setups[0] != setups[1]:
+        return {"name": name, "rows": [], "note": "Its runs are on other data or another recipe than these "
+                "(data, schedule or batch differ), so it says nothing of what this length decides here."}
+    rows, boundary = [], None
+    for reference_net, subject, claim, _ in claims.values():
+        table = verdicts_by_length(reference, reference_net, subject, claim)
+        reached = table[table["step"] <= iterations]
+        if table.empty or reached.empty:
+            continue
+        row = reached.iloc[-1]
+        boundary = int(row["step"])
+        rows.append({"claim": f"{label(*subject)} trains {claim} than {label(*reference_net)}",
+                     "answer": row["answer"], "kind": {"Yes": "yes", "No": "no"}.get(row["answer"], "undecided"),
+                     "difference": f"{row['mean']:+.2f} [{row['low']:.2f}, {row['high']:.2f}] points, n = {row['n']}"})
+    last = int(pd.to_numeric(reference["step"], errors="coerce").max())
+    note = (f"These runs are longer than the reference's {last:,} iterations: it reads them at its last boundary."
+            if iterations > last else "")
+    return {"name": name, "rows": rows, "boundary": boundary, "iterations": iterations, "note": note}
+
+
 def length_note(table: pd.DataFrame, names: tuple[str, str], claim: str) -> str:
     """Where the mean curves cross and where the verdict first, and for good, reads Yes."""
     sign = 1 if claim == "worse" else -1

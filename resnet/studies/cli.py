@@ -15,16 +15,19 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..data import DataError
-from .local import run_study
-from .plan import visible_gpus
+from ..tracking import store
+from . import budget
+from .local import default_jobs, run_study, usable_cores
+from .plan import kept_steps, visible_gpus
 from .slurm import submit_study
-from .spec import CELLS_PER_GPU, StudyError, available_studies, load_study
+from .spec import CELLS_PER_GPU, Study, StudyError, available_studies, load_study
 
 EXECUTORS = ("local", "slurm")
 INTERRUPTED_EXIT = 130  # the shell's code for Ctrl-C; make reproduce skips the report on it
@@ -50,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
            help="override a setting of every cell, e.g. --set iterations=9750 or --set precision=fp32 (repeatable)")
     option("--seeds", default=None, help="comma-separated seeds instead of the profile's, e.g. 0,1")
     option("--list", action="store_true", help="print the cells and exit")
+    option("--minutes", type=float, default=None,
+           help="on a CPU: the longest run of the paper's schedule that ends in this many minutes here, from each "
+                "network's step time measured first (default: the profile's own length)")
+    option("--plan", action="store_true",
+           help="on a CPU: print the plan (iterations, cells at once, expected minutes) and exit without training")
     option("--runs-dir", default=None,
            help="executed notebooks and checkpoints (default: $RESNET_RUNS_DIR or runs/); on a cluster, a folder "
                 "every node reaches")
@@ -97,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if study.cells and all(cell.config is None for cell in study.cells):
         parser.error(f"no cell has valid parameters; the first: {study.cells[0].error}")
+    plan = None
+    on_this_cpu = args.executor == "local" and not (gpus or visible_gpus())
+    if args.minutes is not None or args.plan or (on_this_cpu and not args.list and budget.worth_planning(study)):
+        study, plan = _planned(parser, args, name, study, gpus, overrides, seeds)
+        if args.plan:
+            return 0
     if args.list:
         hidden = ("study", "cell", "run_name")
         for cell in study.cells:
@@ -109,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             outcome = submit_study(study, tracking_uri=args.tracking_uri, cells_per_job=args.cells_per_job,
                                    options=slurm_pairs, detach=args.detach)
         else:
-            outcome = run_study(study, jobs=args.jobs, gpus=gpus, tracking_uri=args.tracking_uri)
+            outcome = run_study(study, jobs=args.jobs, gpus=gpus, tracking_uri=args.tracking_uri,
+                                predicted=plan.cell_seconds if plan else None)
     except (StudyError, DataError) as error:  # before any cell starts: say what to fix, no traceback
         parser.error(str(error))
     except KeyboardInterrupt:
@@ -120,6 +135,30 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.interrupted:
         return INTERRUPTED_EXIT
     return 1 if outcome.failed else 0
+
+
+def _planned(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str, study: Study,
+             gpus: list[int] | None, overrides: dict[str, Any], seeds: list[int] | None) -> tuple[Study, budget.Plan]:
+    """``study`` at the length its plan picks (``--minutes``; else the profile's own), and the plan, printed
+    first. A length other than the profile's own is a profile of its own name (``laptop-1014``): its runs are
+    other experiments, and its page shows only them."""
+    if args.executor == "slurm" or gpus or visible_gpus():
+        parser.error("--minutes and --plan plan a study on this machine's CPU; on a GPU or a cluster choose a "
+                     "--profile (quick, full)")
+    cores = usable_cores()
+    jobs = args.jobs or study.jobs or default_jobs([])
+    uri = store.resolve_tracking_uri(args.tracking_uri)
+    try:
+        plan = budget.plan_study(study, budget_minutes=args.minutes, cores=cores, jobs=jobs,
+                                 kept_steps=lambda cell: kept_steps(cell, uri))
+    except StudyError as error:
+        parser.error(str(error))
+    print(plan.describe(), flush=True)
+    if plan.iterations == plan.profile_iterations:
+        return study, plan
+    planned = load_study(name, study.profile, data=args.data, seeds=seeds,
+                         overrides={**overrides, "iterations": plan.iterations})
+    return replace(planned, profile=f"{study.profile}-{plan.iterations}"), plan
 
 
 def _pairs(parser: argparse.ArgumentParser, flag: str, items: list[str]) -> dict[str, Any]:

@@ -104,6 +104,19 @@ def cell_runs(experiment: str, config: TrainConfig | ImageNetConfig, uri: str) -
     return CellRuns((finished or [None])[0], (runs or [None])[0])
 
 
+def kept_steps(cell: Cell, uri: str) -> int:
+    """The SGD steps of the longest finished run of ``cell``'s lineage (``TrainConfig.lineage``; its
+    precision resolved): the state a longer run of it continues (``training.loop`` keeps the longest
+    one). 0 where none is recorded."""
+    config = cell.config.resolved_for("cpu") if isinstance(cell.config, TrainConfig) else None
+    if config is None or config.lineage() is None:
+        return 0
+    experiment = store.experiment_id(config.study, store.prepare_store(uri))
+    runs = store.find_runs(experiment, uri, **{keys.LINEAGE_TAG: config.lineage()})
+    return max((last_step(r) for r in runs if r.info.status == keys.STATUS_FINISHED
+                and r.data.tags.get(keys.CELL_TAG) == cell.name), default=0)
+
+
 def visible_gpus() -> list[int]:
     """The CUDA devices torch sees; none without CUDA. A CUDA install that fails is said, once, not
     silently taken for a machine without a GPU."""

@@ -10,7 +10,6 @@ lines (training prints them, each starting with the run's name) are passed on to
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -24,10 +23,9 @@ from typing import TextIO
 import yaml
 
 from ..config import TrainConfig
-from ..measures import count_multiply_adds
-from ..models import build_model
 from ..paths import project_root
 from ..tracking import keys, store
+from .budget import cost, longest_first, makespan, network_key
 from .plan import FAILED, NOT_FINISHED, TRAINED, CellOutcome, cell_runs, last_step, summary, warm_data_cache
 from .spec import Cell
 
@@ -52,10 +50,11 @@ class CellPool:
     checkpoint kept) and waits for it; the pool then reports itself interrupted."""
 
     def __init__(self, uri: str, experiment: str, parent: str, jobs: int, gpus: list[int], *, output_dir: Path,
-                 threads: int | None = None):
+                 threads: int | None = None, predicted: dict[str, float] | None = None):
         self.uri, self.experiment, self.parent, self.jobs, self.gpus = uri, experiment, parent, jobs, gpus
         self.output_dir = output_dir
         self.threads = threads  # CPU threads for each one-process cell that does not set its own; None: torch's
+        self.predicted = predicted  # each cell's seconds as its plan expects them (budget.Plan), for the time left
         self.running: dict[str, _Running] = {}
         self.outcomes: dict[str, CellOutcome] = {}
         self.interrupted = False
@@ -77,10 +76,10 @@ class CellPool:
             raise KeyboardInterrupt
 
         previous_handler = signal.signal(signal.SIGTERM, stop_everything)
-        clock = _TimeLeft(self.jobs)
+        clock = _TimeLeft(self.jobs, self.predicted)
         started = time.perf_counter()
         try:
-            queue = _longest_first(pending)
+            queue = longest_first(pending)
             while queue or self.running:
                 while queue and len(self.running) < self.jobs and not self.interrupted:
                     cell = queue.pop(0)
@@ -147,7 +146,9 @@ class CellPool:
                               notebook=notebook, log=log)
         if run is not None:
             outcome.final = run.data.metrics
-            outcome.images_trained = max(0, last_step(run) - running.step_before) * cell.config.batch_size
+            # A run that continued a shorter one trained only what came after that one's steps.
+            before = max(running.step_before, int(run.data.tags.get(keys.PREFIX_STEPS_TAG, 0)))
+            outcome.images_trained = max(0, last_step(run) - before) * cell.config.batch_size
             if notebook.is_file():
                 store.client(self.uri).log_artifact(run.info.run_id, str(notebook))
         if not trained:
@@ -215,48 +216,46 @@ def _signal_group(pid: int, signum: int) -> None:
             pass
 
 
-def _longest_first(cells: list[Cell]) -> list[Cell]:
-    """Within each seed, the most expensive cells first (multiply-adds x images), so that with
-    several jobs the short cells fill the gaps at the end instead of one long cell running alone.
-    Seeds stay in order: an interrupted study still holds whole seeds."""
-    seeds = list(dict.fromkeys(cell.config.seed for cell in cells))
-    return [cell for seed in seeds
-            for cell in sorted((c for c in cells if c.config.seed == seed), key=_cost, reverse=True)]
-
-
-@functools.lru_cache(maxsize=None)
-def _multiply_adds(model: str, shortcut: str | None, stem: str) -> int:
-    return count_multiply_adds(build_model(model, shortcut=shortcut, stem=stem))
-
-
-def _cost(cell: Cell) -> float:
-    """A cell's work in multiply-adds: per image, times the images it trains."""
-    length = cell.config.iterations or (cell.config.epochs or 1) * 1_000
-    return _multiply_adds(cell.config.model, cell.config.shortcut, cell.config.stem) * length * cell.config.batch_size
-
-
 class _TimeLeft:
-    """The study's time left, from what the finished cells took per unit of work (_cost): the work
-    still queued plus the unfinished part of the running cells, shared among the jobs."""
+    """The study's time left: each queued or running cell's expected seconds, laid out over the jobs
+    the way the pool runs them (``budget.makespan``: the running cells' remainders first, then the queue
+    in order, each cell taking the first free slot). A cell is expected to take what the finished cells
+    of its network took; a network none has finished yet, what the plan predicted for it (from the step
+    times measured before the study, ``budget``) scaled by how the finished cells came out against their
+    predictions; without a plan, its work (``cost``) at the finished cells' seconds per unit of work."""
 
-    def __init__(self, jobs: int):
+    def __init__(self, jobs: int, predicted: dict[str, float] | None = None):
         self.jobs = jobs
+        self.predicted = predicted or {}
+        self.seconds_by_network: dict[str, list[float]] = {}
         self.work_done = 0.0
         self.seconds_spent = 0.0
+        self.predicted_spent = 0.0  # the plan's seconds for the finished cells it predicted
 
     def finished(self, cell: Cell, seconds: float) -> None:
-        self.work_done += _cost(cell)
+        self.seconds_by_network.setdefault(network_key(cell.config), []).append(seconds)
+        self.work_done += cost(cell)
         self.seconds_spent += seconds
+        self.predicted_spent += self.predicted.get(cell.name, 0.0)
+
+    def expected(self, cell: Cell) -> float:
+        same = self.seconds_by_network.get(network_key(cell.config))
+        if same:
+            return sum(same) / len(same)
+        if cell.name in self.predicted and self.predicted_spent:
+            return self.predicted[cell.name] * self.seconds_spent / self.predicted_spent
+        return cost(cell) * self.seconds_spent / self.work_done
+
+    def seconds_left(self, queue: list[Cell], running: list[tuple[Cell, float]], now: float) -> float | None:
+        """None until a cell has finished (nothing measured yet)."""
+        if not self.work_done:
+            return None
+        remaining = [max(0.0, self.expected(cell) - (now - started)) for cell, started in running]
+        return makespan([self.expected(cell) for cell in queue], self.jobs, remaining)
 
     def left(self, queue: list[Cell], running: list[tuple[Cell, float]]) -> str:
-        if not self.work_done:
-            return "time left not known yet"
-        rate = self.work_done / self.seconds_spent  # work per second of one cell's process
-        now = time.perf_counter()
-        work = sum(map(_cost, queue)) + sum(max(0.0, _cost(c) - (now - started) * rate) for c, started in running)
-        busy = min(self.jobs, len(queue) + len(running))
-        seconds = work / rate / busy if busy else 0.0
-        return f"about {seconds / 60:.1f} min left"
+        seconds = self.seconds_left(queue, running, time.perf_counter())
+        return "time left not known yet" if seconds is None else f"about {seconds / 60:.1f} min left"
 
 
 def _launch(cell: Cell, output_dir: Path, uri: str, parent: str, gpu: int | None, threads: int | None = None):
@@ -295,7 +294,7 @@ INHERITED_RUN_VARIABLES = ("MLFLOW_RUN_ID",)
 
 def _new_epoch_lines(log: Path, running: _Running) -> list[str]:
     """The epoch lines the cell wrote to its log since the last look: training prints one per epoch,
-    starting with the run's name (``training.loop``), and one when it resumes."""
+    starting with the run's name (``training.loop``), and one when it resumes or continues a shorter run."""
     try:
         with open(log, "rb") as handle:
             handle.seek(running.echoed)
@@ -306,7 +305,7 @@ def _new_epoch_lines(log: Path, running: _Running) -> list[str]:
     running.echoed += len(complete)
     name = running.cell.name
     lines = [line for line in complete.decode(errors="replace").splitlines()
-             if line.startswith(f"{name} epoch ") or line.startswith(f"resuming {name} ")]
+             if line.startswith((f"{name} epoch ", f"resuming {name} ", f"continuing {name} "))]
     # A data-parallel cell's rank 0 writes to the kernel's own stdout, which ipykernel both forwards to
     # the notebook and echoes, so the log holds its lines twice: each is passed on once.
     fresh = [line for line in dict.fromkeys(lines) if line not in running.seen]

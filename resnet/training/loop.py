@@ -89,8 +89,21 @@ def prepare_data(config: TrainConfig, data: Cifar10 | None = None) -> Cifar10:
 
 def checkpoint_path(config: TrainConfig, checkpoint_dir: Path | None = None) -> Path:
     """Where the run of ``config`` (its precision resolved) keeps its last epoch."""
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else runs_dir() / config.study / "checkpoints"
-    return folder / f"{config.run_name}-{config.fingerprint()}.pt"
+    return _checkpoint_folder(config, checkpoint_dir) / f"{config.run_name}-{config.fingerprint()}.pt"
+
+
+def _checkpoint_folder(config: TrainConfig, checkpoint_dir: Path | None) -> Path:
+    return Path(checkpoint_dir) if checkpoint_dir is not None else runs_dir() / config.study / "checkpoints"
+
+
+def kept_states(config: TrainConfig, checkpoint_dir: Path | None = None) -> dict[int, Path]:
+    """The last states kept from finished runs of ``config``'s lineage (``TrainConfig.lineage``), by the
+    SGD steps each holds: what a longer run of the lineage continues instead of starting again."""
+    lineage = config.lineage()
+    if lineage is None:
+        return {}
+    folder = _checkpoint_folder(config, checkpoint_dir) / "kept"
+    return {int(path.stem.rsplit("-", 1)[1]): path for path in folder.glob(f"{config.run_name}-{lineage}-*.pt")}
 
 
 def train(
@@ -118,14 +131,23 @@ def train(
     checkpoint_file = checkpoint_path(config, checkpoint_dir)
     run = _Run.start(config, data, device)
 
+    continued_from = None
     if checkpoint_file.is_file():
         state = run.restore(checkpoint_file)
         state.run_id = store.reopen_run(mlflow_client, state.run_id)
+    elif (kept := _continuable(config, run.schedule, checkpoint_dir)) is not None:
+        state = run.restore(kept)
+        continued_from, state.run_id = state.run_id, None
+        state.history = [_as_logged(row, config) for row in state.history]
+        print(f"continuing {config.run_name} from iteration {state.step:,} (a finished shorter run, MLflow run "
+              f"{continued_from}): its first {len(state.history)} epochs are not trained again", flush=True)
     else:
         state = _Progress(history=[], warming_up=config.warmup, initial=run.stage_stds("init"))
     if state.run_id is None:
         experiment = store.experiment_id(config.study, uri)
-        state.run_id = _create_run(mlflow_client, experiment, config, data, run, parent_run_id)
+        prefix = {keys.CONTINUED_FROM_TAG: continued_from or "", keys.PREFIX_STEPS_TAG: str(state.step)}
+        state.run_id = _create_run(mlflow_client, experiment, config, data, run, parent_run_id,
+                                   prefix if continued_from else {})
         # The checkpoint may have outlived its run: log what it holds.
         store.log_metrics(mlflow_client, state.run_id, [{"epoch": 0, **state.initial}, *state.history])
     elif state.history:
@@ -170,8 +192,41 @@ def train(
         "state_dict.pt": run.weights(), **_history_files(state.history),
         "config.json": json.dumps(config.to_dict(), indent=2).encode()})
     mlflow_client.set_terminated(state.run_id, keys.STATUS_FINISHED)
-    checkpoint_file.unlink(missing_ok=True)  # the weights now live in MLflow
+    _keep_last_state(config, checkpoint_file, state.step, checkpoint_dir)
     return result
+
+
+def _continuable(config: TrainConfig, schedule: Schedule, checkpoint_dir: Path | None) -> Path | None:
+    """The longest kept state this run continues: shorter than it, and ending on an epoch boundary (the
+    next epoch's data order then comes from the kept generator, as in an uninterrupted run)."""
+    fitting = {steps: path for steps, path in kept_states(config, checkpoint_dir).items()
+               if steps < schedule.total_steps and steps % schedule.steps_per_epoch == 0}
+    return fitting[max(fitting)] if fitting else None
+
+
+def _keep_last_state(config: TrainConfig, checkpoint_file: Path, steps: int, checkpoint_dir: Path | None) -> None:
+    """A finished run's last state (weights, momentum, data order, the error window) is kept for a longer
+    run of its lineage to continue, the longest one only; the weights alone also live in MLflow."""
+    kept = kept_states(config, checkpoint_dir)
+    if config.lineage() is None or any(longer >= steps for longer in kept):
+        checkpoint_file.unlink(missing_ok=True)
+        return
+    destination = checkpoint_file.parent / "kept" / f"{config.run_name}-{config.lineage()}-{steps}.pt"
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint_file.replace(destination)
+    for path in kept.values():
+        path.unlink(missing_ok=True)
+
+
+# What an epoch logs every time; the test error and the diagnostics only where the run looks at the test set.
+EVERY_EPOCH = ("epoch", "step", "train_error", "train_loss", "lr", "max_step_loss", "epoch_seconds",
+               "images_per_second")
+
+
+def _as_logged(row: dict[str, float], config: TrainConfig) -> dict[str, float]:
+    """A kept run's epoch as this run logs it: the kept run looked at the test set at its own last epoch,
+    which this longer run only does every ``eval_every`` epochs."""
+    return row if row["epoch"] % config.eval_every == 0 else {k: v for k, v in row.items() if k in EVERY_EPOCH}
 
 
 @dataclass
@@ -297,9 +352,8 @@ class _Run:
         return buffer.getvalue()
 
 
-def _create_run(
-    mlflow_client, experiment: str, config: TrainConfig, data: Cifar10, run: _Run, parent_run_id: str | None
-) -> str:
+def _create_run(mlflow_client, experiment: str, config: TrainConfig, data: Cifar10, run: _Run,
+                parent_run_id: str | None, prefix: dict[str, str]) -> str:
     device = run.precision.device
     tags = {
         **store.git_state(),
@@ -314,6 +368,7 @@ def _create_run(
         keys.TORCH_VERSION_TAG: torch.__version__, keys.PROCESSOR_TAG: processor_description(),
         keys.DATA_PROVENANCE_TAG: data.provenance,
         keys.DATA_DESCRIPTION_TAG: data.description,
+        **({keys.LINEAGE_TAG: config.lineage()} if config.lineage() else {}), **prefix,
     }
     if parent_run_id:
         tags[keys.PARENT_TAG] = parent_run_id

@@ -1,0 +1,249 @@
+"""A CPU study that fits the time it is given (``make reproduce MINUTES=N``, ``--minutes N``), and the
+console's time left.
+
+Under the paper's schedule a shorter run is the longer one stopped early (the lr drops at 32k and 48k
+iterations are absolute), so the length of a CPU study is a free choice: the longest that finishes in
+the budget on the cores this process may use. Each network's step time is measured here first
+(``training.probe``, a few seconds, cached per machine and torch version); a cell's time is then its
+start-up, its steps and its test passes, and the study's time is the pool's: cells in the pool's order
+(``pool.longest_first``), each taking the first free slot. Lengths come in whole windows of the final
+training error (``min(390, steps per epoch)`` steps), so that a run's final error is over a whole window
+and each length is an epoch boundary of every longer run.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+
+from .. import paper
+from ..config import TrainConfig, identity_hash, processor_description
+from ..measures import count_multiply_adds
+from ..models import build_model
+from ..paths import atomic_write_bytes, runs_dir
+from .spec import Cell, Study, StudyError
+
+# The laptop profile's length: 6 windows of 39 steps (a 5,000-image subset at batch 128). The shortest
+# run a budget picks: below it the degradation is not yet decided on the CPU reference.
+MINIMUM_ITERATIONS = 234
+# What a cell costs besides its SGD steps and test passes (the kernel starting, the diagnostics' passes, the
+# weights and metrics logged), in its own steps: it grows with the network. Measured on the laptop profile
+# on the 2-core Xeon (AMX): plain-56 took 144 s for 234 steps of 0.487 s and 3 test passes of 2.2 s, plain-20
+# 55-58 s for steps of 0.204 s and passes of 1.0 s; ResNet-56 (A) 152-157 s, ResNet-20 (A) 63-67 s.
+CELL_START_STEPS = 42
+
+
+def threads_per_cell(cores: int, jobs: int, cells: int) -> int:
+    """CPU threads for each cell: the cores shared among the cells that run at once, so one thread a cell
+    when the cells fill the cores, and more only when fewer cells run than there are cores."""
+    return max(1, cores // max(1, min(jobs, cells)))
+
+
+def longest_first(cells: list[Cell]) -> list[Cell]:
+    """The pool's order: within each seed, the most expensive cells first (multiply-adds x images), so
+    that with several jobs the short cells fill the gaps at the end instead of one long cell running
+    alone. Seeds stay in order: an interrupted study still holds whole seeds."""
+    seeds = list(dict.fromkeys(cell.config.seed for cell in cells))
+    return [cell for seed in seeds
+            for cell in sorted((c for c in cells if c.config.seed == seed), key=cost, reverse=True)]
+
+
+@functools.lru_cache(maxsize=None)
+def _multiply_adds(model: str, shortcut: str | None, stem: str) -> int:
+    return count_multiply_adds(build_model(model, shortcut=shortcut, stem=stem))
+
+
+def cost(cell: Cell) -> float:
+    """A cell's work in multiply-adds: per image, times the images it trains."""
+    length = cell.config.iterations or (cell.config.epochs or 1) * 1_000
+    return _multiply_adds(cell.config.model, cell.config.shortcut, cell.config.stem) * length * cell.config.batch_size
+
+
+def network_key(config: TrainConfig) -> str:
+    """What the probe times for a cell: its network (zero-init changes no cost)."""
+    return f"{config.model}:{config.shortcut}" if config.shortcut else config.model
+
+
+def training_images(config: TrainConfig) -> int:
+    if config.train_subset:
+        return config.train_subset
+    return 50_000 - (paper.VALIDATION_SIZE if config.validation else 0)
+
+
+@dataclass(frozen=True)
+class CellTime:
+    """One cell's cost on this machine: seconds per SGD step and per pass over its test images, and
+    the steps a kept earlier run of it already holds (``continued`` cells train only the rest)."""
+
+    name: str
+    step_seconds: float
+    test_seconds: float
+    steps_per_epoch: int
+    eval_every: int
+    kept_steps: int = 0
+
+    def seconds(self, iterations: int) -> float:
+        epochs = math.ceil(iterations / self.steps_per_epoch)
+        evaluations = epochs // self.eval_every + (epochs % self.eval_every > 0)
+        start = self.kept_steps if self.kept_steps < iterations else 0
+        if start:
+            kept_epochs = start // self.steps_per_epoch
+            evaluations -= kept_epochs // self.eval_every
+        return (CELL_START_STEPS + iterations - start) * self.step_seconds + evaluations * self.test_seconds
+
+
+def makespan(durations: list[float], jobs: int, running: list[float] = ()) -> float:
+    """Seconds until the last cell ends: ``running`` cells' remaining seconds hold slots first, then
+    each queued cell, in order, takes the slot that frees first (what ``CellPool.run`` does)."""
+    slots = sorted(running)[:jobs] + [0.0] * max(0, jobs - len(running))
+    heapq.heapify(slots)
+    for duration in durations:
+        heapq.heappush(slots, heapq.heappop(slots) + duration)
+    return max(slots, default=0.0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A CPU study's length and what it is expected to cost here."""
+
+    iterations: int
+    profile_iterations: int
+    window: int
+    cells: int
+    jobs: int
+    threads: int
+    cores: int
+    seconds: float
+    shortest_seconds: float
+    budget_seconds: float | None
+    continued: int = 0  # cells that continue a kept shorter run
+    cell_seconds: dict[str, float] = field(default_factory=dict)  # each cell's expected seconds at this length
+
+    @property
+    def fits(self) -> bool:
+        return self.budget_seconds is None or self.seconds <= self.budget_seconds
+
+    def describe(self) -> str:
+        windows = self.iterations // self.window
+        head = (f"plan: {self.iterations:,} iterations ({windows} windows of {self.window} steps; the profile's own "
+                f"length is {self.profile_iterations:,}), {self.cells} cells, {self.jobs} at a time on {self.cores} "
+                f"core{'s' if self.cores != 1 else ''} ({self.threads} thread{'s' if self.threads != 1 else ''} each)"
+                f"{f', {self.continued} continuing a kept shorter run' if self.continued else ''}: "
+                f"about {self.seconds / 60:.1f} min")
+        if self.budget_seconds is None:
+            return head
+        budget = f"{self.budget_seconds / 60:g} min"
+        if self.fits:
+            return f"{head}, within the {budget} given"
+        return (f"{head}. Even the shortest run ({self.iterations:,} iterations) needs about "
+                f"{self.shortest_seconds / 60:.1f} min here, more than the {budget} given: it runs that shortest "
+                "run anyway; give MINUTES of at least that to stay within the budget")
+
+
+def choose_plan(times: list[CellTime], *, window: int, jobs: int, threads: int, cores: int,
+                budget_seconds: float | None, profile_iterations: int,
+                minimum: int = MINIMUM_ITERATIONS, maximum: int = paper.ITERATIONS) -> Plan:
+    """The longest length, in whole windows from ``minimum`` up to ``maximum``, whose study ends
+    within ``budget_seconds`` (the shortest if none does); without a budget, the profile's length."""
+    def study_seconds(iterations: int) -> float:
+        return makespan([t.seconds(iterations) for t in times], jobs)
+
+    shortest = math.ceil(minimum / window) * window
+    if budget_seconds is None:
+        chosen = profile_iterations
+    else:
+        chosen = shortest
+        # Not monotone where a kept run stops counting (a length below what is kept trains from the start):
+        # walk every length rather than bisect.
+        for iterations in range(shortest, maximum + 1, window):
+            if study_seconds(iterations) <= budget_seconds:
+                chosen = iterations
+    continued = sum(0 < t.kept_steps < chosen for t in times)
+    return Plan(chosen, profile_iterations, window, len(times), jobs, threads, cores, study_seconds(chosen),
+                study_seconds(shortest), budget_seconds, continued, {t.name: t.seconds(chosen) for t in times})
+
+
+# --------------------------------------------------------------------------------------------
+# The probe: each network's step time here, cached per machine and torch version
+# --------------------------------------------------------------------------------------------
+Probe = Callable[[list[str], str, int, int, int], dict[str, dict[str, float]]]
+
+
+def probe_networks(networks: list[str], precision: str, threads: int, parallel: int,
+                   batch_size: int = paper.BATCH_SIZE) -> dict[str, dict[str, float]]:
+    """Seconds per step and per test image of each network, from ``training.probe`` run in ``parallel``
+    processes at once (as loaded as the study's cells will be), read from the cache when measured before
+    on this machine with this torch."""
+    identity = {"processor": processor_description(), "torch": torch.__version__, "precision": precision,
+                "threads": threads, "parallel": parallel, "batch_size": batch_size, "steps": "4+8"}
+    cache = runs_dir() / "probes" / f"{identity_hash(identity)}.json"
+    known = json.loads(cache.read_text())["networks"] if cache.is_file() else {}
+    missing = [n for n in networks if n not in known]
+    if missing:
+        print(f"  timing {', '.join(missing)} on this machine ({parallel} at a time, {threads} thread"
+              f"{'s' if threads != 1 else ''} each) ...", flush=True)
+        groups = [missing[i::parallel] for i in range(min(parallel, len(missing)))]
+        processes = [subprocess.Popen([sys.executable, "-m", "resnet.training.probe", "--precision", precision,
+                                       "--threads", str(threads), "--batch-size", str(batch_size),
+                                       *[f"--network={n}" for n in group]],
+                                      stdout=subprocess.PIPE, text=True) for group in groups]
+        for process in processes:
+            output, _ = process.communicate()
+            if process.returncode != 0:
+                raise StudyError(f"timing the networks failed (exit {process.returncode}); run "
+                                 f"python -m resnet.training.probe --network {missing[0]} --precision {precision} "
+                                 "to see why")
+            known.update(json.loads(output.strip().splitlines()[-1]))
+        atomic_write_bytes(cache, json.dumps({**identity, "networks": known}, indent=1).encode())
+    return {n: known[n] for n in networks}
+
+
+def plan_study(study: Study, *, budget_minutes: float | None, cores: int, jobs: int,
+               kept_steps: Callable[[Cell], int] = lambda cell: 0, probe: Probe | None = None) -> Plan:
+    """The plan of ``study``'s cells (their precision resolved for the CPU) on ``cores`` cores,
+    ``jobs`` at a time, within ``budget_minutes`` (None: at the profile's own length)."""
+    cells = [replace(c, config=c.config.resolved_for("cpu")) for c in study.cells if c.config is not None]
+    _check_plannable(study, cells, budget_minutes)
+    first = cells[0].config
+    steps_per_epoch = training_images(first) // first.batch_size
+    window = min(paper.STEPS_PER_EPOCH, steps_per_epoch)
+    threads = threads_per_cell(cores, jobs, len(cells))
+    networks = sorted({network_key(c.config) for c in cells})
+    measured = (probe or probe_networks)(networks, first.precision, threads, min(jobs, len(cells)), first.batch_size)
+    test_images = first.test_subset or 10_000
+    times = [CellTime(c.name, measured[network_key(c.config)]["step_seconds"],
+                      test_images * measured[network_key(c.config)]["test_image_seconds"],
+                      steps_per_epoch, c.config.eval_every, kept_steps(c)) for c in longest_first(cells)]
+    budget = None if budget_minutes is None else budget_minutes * 60
+    return choose_plan(times, window=window, jobs=min(jobs, len(cells)), threads=threads, cores=cores,
+                       budget_seconds=budget, profile_iterations=first.iterations or paper.ITERATIONS)
+
+
+def worth_planning(study: Study) -> bool:
+    """Whether a CPU study gets a plan without being asked: the paper's schedule for at least the laptop's
+    length (a plan then says how long it takes, and the time left is read from it); not for plumbing checks."""
+    configs = [c.config for c in study.cells]
+    return bool(configs) and all(isinstance(c, TrainConfig) and c.schedule == "paper"
+                                 and (c.iterations or 0) >= MINIMUM_ITERATIONS for c in configs)
+
+
+def _check_plannable(study: Study, cells: list[Cell], budget_minutes: float | None) -> None:
+    if budget_minutes is not None and not budget_minutes > 0:
+        raise StudyError(f"--minutes (MINUTES) must be a positive number of minutes, got {budget_minutes:g}")
+    if not cells or not all(isinstance(c.config, TrainConfig) for c in cells):
+        raise StudyError(f"study {study.name!r}: a time budget plans CIFAR-10 cells; this study has none")
+    if {c.config.schedule for c in cells} != {"paper"}:
+        raise StudyError(f"profile {study.profile!r}: a time budget needs the paper's schedule (a shorter run is "
+                         "the paper's run stopped early); its cells use "
+                         f"{', '.join(sorted({c.config.schedule for c in cells}))}")
+    if len({(training_images(c.config), c.config.batch_size, c.config.precision) for c in cells}) != 1:
+        raise StudyError(f"profile {study.profile!r}: a time budget needs every cell on the same data size, batch "
+                         "and precision")

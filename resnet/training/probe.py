@@ -1,0 +1,76 @@
+"""How long one training step and one test pass take here: the measurement a CPU study's time budget is
+planned from (``studies.budget``, ``make reproduce MINUTES=N``).
+
+A step is timed as ``train()`` runs it (``engine.make_train_step``: forward, backward, our SGD, in the
+run's precision and memory layout), on a batch of random images: its time does not depend on what the
+pixels are. The first steps are not timed (allocations, oneDNN's kernel choice).
+
+    python -m resnet.training.probe --network plain56 --network resnet56:A --precision bf16 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from .. import paper
+from ..models import build_model
+from .engine import EVAL_BATCH, SGD, Precision, StepMetrics, make_train_step
+
+# Measured on the 2-core Xeon: after 2 untimed steps a 56-layer step still read 16% slow (0.58 s against the
+# 0.49 s its cells train at); after 4, 8 timed steps read 0.487 s.
+UNTIMED_STEPS = 4
+TIMED_STEPS = 8
+
+
+def network_seconds(model_name: str, shortcut: str | None, precision_name: str, batch_size: int = paper.BATCH_SIZE,
+                    steps: int = TIMED_STEPS) -> dict[str, float]:
+    """Seconds of one SGD step at ``batch_size`` and of evaluating one test image, on the CPU."""
+    device = torch.device("cpu")
+    precision = Precision(device, precision_name)
+    torch.manual_seed(0)
+    model = precision.place_model(build_model(model_name, shortcut=shortcut, stem="cifar"))
+    optimizer = SGD(model.parameters(), torch.tensor(paper.LEARNING_RATE), paper.MOMENTUM, paper.WEIGHT_DECAY)
+    images = precision.layout(torch.randn(batch_size, 3, 32, 32).to(precision.input_dtype))
+    labels = torch.randint(0, 10, (batch_size,))
+    step = make_train_step(model, optimizer, precision, StepMetrics(device, window=1), "eager", (images, labels))
+    for _ in range(UNTIMED_STEPS):
+        step(images, labels)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step(images, labels)
+    step_seconds = (time.perf_counter() - started) / steps
+    model.eval()
+    test_images = precision.layout(torch.randn(EVAL_BATCH, 3, 32, 32).to(precision.input_dtype))
+    with torch.no_grad(), precision.autocast():
+        model(test_images)
+        started = time.perf_counter()
+        for _ in range(2):
+            model(test_images)
+    return {"step_seconds": step_seconds, "test_image_seconds": (time.perf_counter() - started) / (2 * EVAL_BATCH)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m resnet.training.probe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--network", action="append", required=True, metavar="MODEL[:SHORTCUT]",
+                        help="a network to time, e.g. plain56 or resnet56:A (repeatable)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=paper.BATCH_SIZE)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    measured = {}
+    for network in args.network:
+        model_name, _, shortcut = network.partition(":")
+        measured[network] = network_seconds(model_name, shortcut or None, args.precision, args.batch_size)
+    print(json.dumps(measured))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

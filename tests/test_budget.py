@@ -1,0 +1,203 @@
+"""A CPU study that fits its time (``--minutes``, ``--plan``), continues a shorter run instead of starting
+again, and tells the time left from what it measured."""
+
+import pytest
+
+from resnet.config import TrainConfig
+from resnet.studies import budget, pool
+from resnet.studies.budget import CellTime, makespan, plan_study
+from resnet.studies.cli import main
+from resnet.studies.spec import Cell, load_study
+from resnet.tracking import keys
+from resnet.tracking import store as mlflow_store
+from resnet.training.loop import kept_states, train
+
+# Seconds per SGD step of each network in the hand-computed plans: a 56-layer step costs three 20-layer ones.
+STEP = {"plain20": 0.1, "resnet20:A": 0.1, "plain56": 0.3, "resnet56:A": 0.3}
+
+
+def _stub_probe(calls):
+    def probe(networks, precision, threads, parallel, batch_size):
+        calls.append((tuple(networks), precision, threads, parallel, batch_size))
+        # Ideal scaling with threads, so that the 64-core plan (4 threads a cell) is computed by hand too.
+        return {n: {"step_seconds": STEP[n] / threads, "test_image_seconds": 0.0} for n in networks}
+    return probe
+
+
+# The laptop profile's 15 cells in the pool's order, per seed: plain-56, ResNet-56 (A), ResNet-56 (A, zero-init)
+# (L = 0.3 s a step), then plain-20 and ResNet-20 (A) (S = 0.1 s). Start-up and test passes set to 0 here, a
+# 10-minute budget (600 s), lengths in windows of 39 steps from 234 on. By hand, makespan per iteration:
+# 1 core: everything in turn, 9 L + 6 S = 3.3 s: even 234 iterations need 772.2 s, so the shortest runs anyway;
+# 2 cores: the slots end at 5L + 2S and 4L + 4S: 1.7 s: 352.9 iterations fit, 351 (9 windows);
+# 8 cores: 8 cells at once, then the rest into the first free slots: 2L = 0.6 s: 975 (25 windows);
+# 16 cores: 15 cells at once, a thread each: L = 0.3 s: 2,000 fit, 1,989 (51 windows);
+# 64 cores: 15 cells at once, 4 threads each (ideal scaling in the stub): 0.075 s: 7,995 (205 windows).
+@pytest.mark.parametrize("cores, jobs, threads, iterations, seconds, fits", [
+    (1, 1, 1, 234, 772.2, False),
+    (2, 2, 1, 351, 596.7, True),
+    (8, 8, 1, 975, 585.0, True),
+    (16, 15, 1, 1989, 596.7, True),
+    (64, 15, 4, 7995, 599.625, True),
+])
+def test_the_plan_is_the_longest_run_in_whole_windows_that_ends_within_the_budget(
+        monkeypatch, cores, jobs, threads, iterations, seconds, fits):
+    monkeypatch.setattr(budget, "CELL_START_STEPS", 0)
+    calls = []
+    plan = plan_study(load_study("cifar-depth", "laptop"), budget_minutes=10, cores=cores, jobs=cores,
+                      probe=_stub_probe(calls))
+    assert (plan.iterations, plan.jobs, plan.threads, plan.window, plan.cells) == (iterations, jobs, threads, 39, 15)
+    assert plan.seconds == pytest.approx(seconds)
+    assert plan.fits is fits
+    assert calls == [(("plain20", "plain56", "resnet20:A", "resnet56:A"), "bf16" if _native_bf16() else "fp32",
+                      threads, jobs, 128)]
+    if not fits:
+        assert "needs about 12.9 min here, more than the 10 min given: it runs that shortest run anyway" \
+            in plan.describe()
+
+
+def _native_bf16() -> bool:
+    from resnet.config import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
+def test_without_a_budget_the_plan_keeps_the_profiles_length_and_a_large_one_stops_at_the_papers_64k(monkeypatch):
+    monkeypatch.setattr(budget, "CELL_START_STEPS", 0)
+    study = load_study("cifar-depth", "laptop")
+    unbudgeted = plan_study(study, budget_minutes=None, cores=2, jobs=2, probe=_stub_probe([]))
+    assert (unbudgeted.iterations, unbudgeted.seconds) == (234, pytest.approx(1.7 * 234))
+    assert "within" not in unbudgeted.describe()
+    huge = plan_study(study, budget_minutes=100_000, cores=2, jobs=2, probe=_stub_probe([]))
+    assert huge.iterations == 63_999  # 1,641 windows of 39: the last whole window within 64,000
+
+
+def test_a_cells_time_is_its_start_its_steps_and_its_test_passes_and_a_kept_run_saves_its_steps():
+    cell = CellTime("plain56-s0", step_seconds=0.5, test_seconds=3.0, steps_per_epoch=39, eval_every=2)
+    start = 42 * 0.5  # a cell's start and end cost about 42 of its steps (budget.CELL_START_STEPS)
+    # 234 iterations: 6 epochs, the test set at epochs 2, 4, 6.
+    assert cell.seconds(234) == pytest.approx(start + 234 * 0.5 + 3 * 3.0)
+    # 273 iterations: 7 epochs, tested at 2, 4, 6 and the last.
+    assert cell.seconds(273) == pytest.approx(start + 273 * 0.5 + 4 * 3.0)
+    continued = CellTime("plain56-s0", 0.5, 3.0, 39, 2, kept_steps=234)
+    assert continued.seconds(468) == pytest.approx(start + 234 * 0.5 + 3 * 3.0)
+    assert continued.seconds(156) == cell.seconds(156)  # a shorter run than the kept one starts from the beginning
+
+
+def test_makespan_lays_the_cells_out_as_the_pool_does():
+    assert makespan([3, 3, 3, 1, 1], jobs=2) == 6  # slots end at 3+3 and 3+1+1+... : 6 and 5
+    assert makespan([4, 1, 1], jobs=2, running=[2]) == 4  # the running cell holds a slot for 2 more seconds
+    assert makespan([], jobs=3, running=[5, 1]) == 5
+    assert makespan([2, 2], jobs=1) == 4
+
+
+def test_bad_budgets_and_unplannable_profiles_are_refused_before_any_work(monkeypatch, capsys):
+    monkeypatch.setattr(budget, "probe_networks", _stub_probe([]))
+    with pytest.raises(SystemExit):
+        main(["--study", "cifar-depth", "--profile", "laptop", "--minutes", "0", "--plan"])
+    assert "--minutes (MINUTES) must be a positive number of minutes, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--study", "cifar-depth", "--profile", "laptop", "--minutes", "10", "--plan",
+              "--set", "schedule=paper-compressed"])
+    assert "a time budget needs the paper's schedule" in capsys.readouterr().err
+
+
+def test_plan_prints_and_exits_and_minutes_picks_a_profile_of_that_length(store, monkeypatch, capsys):
+    monkeypatch.setattr(budget, "probe_networks", _stub_probe([]))
+    monkeypatch.setattr("resnet.studies.cli.usable_cores", lambda: 2)
+    ran = []
+    monkeypatch.setattr("resnet.studies.cli.run_study", lambda study, **options: ran.append(study))
+    assert main(["--study", "cifar-depth", "--profile", "laptop", "--minutes", "30", "--plan"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("plan: ") and "15 cells, 2 at a time on 2 cores (1 thread each)" in printed
+    assert ran == []
+    with pytest.raises(AttributeError):  # the stub returns no outcome; the study it was given is what counts
+        main(["--study", "cifar-depth", "--profile", "laptop", "--minutes", "30"])
+    planned = ran[0]
+    length = planned.cells[0].config.iterations
+    assert length > 234 and length % 39 == 0 and planned.profile == f"laptop-{length}"
+    assert {c.config.iterations for c in planned.cells} == {length}
+
+
+# --------------------------------------------------------------------------------------------
+# Continuing a shorter run
+# --------------------------------------------------------------------------------------------
+TINY = dict(model="resnet20", data="synthetic:320", batch_size=32, device="cpu", study="unit", schedule="paper",
+            diagnostics=True, eval_every=2, threads=1)
+
+
+def _curve(history):
+    return [{k: v for k, v in row.items() if k not in ("epoch_seconds", "images_per_second")} for row in history]
+
+
+def test_a_longer_run_continues_a_finished_shorter_one_and_its_history_is_an_uninterrupted_runs(store, tmp_path):
+    """10 steps an epoch; 30 steps then 70 against 70 at once: the same numbers to the last digit."""
+    straight = train(TrainConfig(**TINY, iterations=70), tracking_uri=store, checkpoint_dir=tmp_path / "a",
+                     progress=False)
+    short = train(TrainConfig(**TINY, iterations=30), tracking_uri=store, checkpoint_dir=tmp_path / "b",
+                  progress=False)
+    longer_config = TrainConfig(**TINY, iterations=70)
+    assert list(kept_states(longer_config.resolved_for("cpu"), tmp_path / "b")) == [30]
+    longer = train(longer_config, tracking_uri=store, checkpoint_dir=tmp_path / "b", progress=False)
+
+    assert _curve(longer.history) == _curve(straight.history)
+    # The short run looked at the test set at its last epoch (3); the longer one, every 2 epochs, does not.
+    assert "test_error" in short.history[2] and "test_error" not in longer.history[2]
+    client = mlflow_store.client(store)
+    run = client.get_run(longer.run_id)
+    assert run.info.run_id not in (short.run_id, straight.run_id) and run.info.status == "FINISHED"
+    assert run.data.tags[keys.CONTINUED_FROM_TAG] == short.run_id and run.data.tags[keys.PREFIX_STEPS_TAG] == "30"
+    assert [m.step for m in client.get_metric_history(longer.run_id, "train_error")] == [1, 2, 3, 4, 5, 6, 7]
+    final = client.get_run(straight.run_id).data.metrics["final_train_error"]
+    assert run.data.metrics["final_train_error"] == final
+    # Only the longest state of the lineage is kept.
+    assert list(kept_states(longer_config.resolved_for("cpu"), tmp_path / "b")) == [70]
+
+
+def test_a_run_that_ended_inside_an_epoch_or_a_length_dependent_schedule_is_not_continued(store, tmp_path):
+    train(TrainConfig(**TINY, iterations=25), tracking_uri=store, checkpoint_dir=tmp_path, progress=False)
+    longer = train(TrainConfig(**TINY, iterations=40), tracking_uri=store, checkpoint_dir=tmp_path, progress=False)
+    run = mlflow_store.client(store).get_run(longer.run_id)
+    assert keys.CONTINUED_FROM_TAG not in run.data.tags  # 25 steps end inside epoch 3: its data order differs
+    cosine = TrainConfig(**{**TINY, "schedule": "cosine"}, iterations=20)
+    train(cosine, tracking_uri=store, checkpoint_dir=tmp_path, progress=False)
+    assert cosine.lineage() is None and kept_states(cosine.resolved_for("cpu"), tmp_path) == {}
+
+
+def test_the_pool_counts_only_the_images_a_continued_cell_trained_and_the_plan_knows_what_is_kept(store, tmp_path):
+    from resnet.studies.plan import kept_steps
+
+    config = TrainConfig(**{**TINY, "cell": "resnet20-s0", "run_name": "resnet20-s0"}, iterations=30)
+    train(config, tracking_uri=store, progress=False)
+    cell = Cell("resnet20-s0", {}, TrainConfig(**{**TINY, "cell": "resnet20-s0", "run_name": "resnet20-s0"},
+                                               iterations=70))
+    assert kept_steps(cell, store) == 30
+
+
+# --------------------------------------------------------------------------------------------
+# The time left
+# --------------------------------------------------------------------------------------------
+def _cell(model, seed, shortcut=None):
+    config = TrainConfig(model=model, shortcut=shortcut, iterations=234, train_subset=5000, seed=seed)
+    return Cell(config.run_name, {}, config)
+
+
+def test_the_time_left_lays_the_measured_cells_out_over_the_jobs():
+    """Two jobs. plain-56 took 144 s and plain-20 57 s, where the plan predicted 140 s and 60 s: a network not
+    finished yet is expected to take its prediction times 201/200; without a plan, its work at the finished
+    cells' seconds per unit of work."""
+    predicted = {"plain56-s0": 140.0, "plain20-s0": 60.0, "resnet56-A-s0": 150.0}
+    clock = pool._TimeLeft(jobs=2, predicted=predicted)
+    unplanned = pool._TimeLeft(jobs=2)
+    for timer in (clock, unplanned):
+        timer.finished(_cell("plain56", 0), 144.0)
+        timer.finished(_cell("plain20", 0), 57.0)
+    assert clock.expected(_cell("plain56", 1)) == 144.0  # the same network: what it took
+    assert clock.expected(_cell("resnet56", 0, "A")) == pytest.approx(150.0 * 201 / 200)
+    per_work = 201 / (budget.cost(_cell("plain56", 0)) + budget.cost(_cell("plain20", 0)))
+    assert unplanned.expected(_cell("resnet56", 0, "A")) == pytest.approx(budget.cost(_cell("resnet56", 0, "A"))
+                                                                          * per_work)
+    # Running: a plain-56 started 100 s ago (44 s left). Queued: plain-56, plain-20, plain-20.
+    # Slots: [44, 0] -> 0+144=144 -> [44, 144] -> 44+57=101 -> [101, 144] -> 101+57=158: 158 s.
+    queue = [_cell("plain56", 2), _cell("plain20", 1), _cell("plain20", 2)]
+    assert clock.seconds_left(queue, [(_cell("plain56", 1), 900.0)], now=1000.0) == pytest.approx(158.0)
+    assert pool._TimeLeft(jobs=2).seconds_left(queue, [], now=0.0) is None
