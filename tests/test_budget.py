@@ -110,6 +110,15 @@ def test_plan_prints_and_exits_and_minutes_picks_a_profile_of_that_length(store,
     printed = capsys.readouterr().out
     assert printed.startswith("plan: ") and "15 cells, 2 at a time on 2 cores (1 thread each)" in printed
     assert ran == []
+    # A plan for a machine of 16 such cores: 15 cells at once, their step times measured 2 at a time here.
+    calls = []
+    monkeypatch.setattr(budget, "probe_networks", _stub_probe(calls))
+    assert main(["--study", "cifar-depth", "--profile", "laptop", "--minutes", "30", "--plan", "--cores", "16"]) == 0
+    assert "15 cells, 15 at a time on 16 cores (1 thread each)" in capsys.readouterr().out
+    assert [call[2:4] for call in calls] == [(1, 2)]
+    with pytest.raises(SystemExit):
+        main(["--study", "cifar-depth", "--profile", "laptop", "--cores", "16"])
+    assert "--cores goes with --plan" in capsys.readouterr().err
     with pytest.raises(AttributeError):  # the stub returns no outcome; the study it was given is what counts
         main(["--study", "cifar-depth", "--profile", "laptop", "--minutes", "30"])
     planned = ran[0]
@@ -182,17 +191,28 @@ def _cell(model, seed, shortcut=None):
 
 
 def test_the_time_left_lays_the_measured_cells_out_over_the_jobs():
-    """Two jobs. plain-56 took 144 s and plain-20 57 s, where the plan predicted 140 s and 60 s: a network not
-    finished yet is expected to take its prediction times 201/200; without a plan, its work at the finished
-    cells' seconds per unit of work."""
-    predicted = {"plain56-s0": 140.0, "plain20-s0": 60.0, "resnet56-A-s0": 150.0}
-    clock = pool._TimeLeft(jobs=2, predicted=predicted)
+    """Two jobs, cells of 234 steps (6 epochs of 39, tested at 2, 4 and 6). A finished network is expected to take
+    what it took; one not finished, its plan's cost (42 + 234 steps, 3 test passes) at the step time its running
+    cells' epoch lines show, else at the probe's; without a plan, its work at the finished cells' rate."""
+    names = ["plain56-s0", "plain20-s0", "resnet56-A-s0", "resnet56-A-zero-init-s0", "plain56-s1", "plain56-s2",
+             "plain20-s1", "plain20-s2"]
+    steps = {"plain56": 0.5, "plain20": 0.2, "resnet56-A": 0.5}
+    times = {name: CellTime(name, steps[name.rsplit("-s", 1)[0].replace("-A-zero-init", "-A")], 3.0, 39, 2)
+             for name in names}
+    plan = budget.Plan(234, 234, 39, len(names), 2, 1, 2, 0.0, 0.0, None, times=times)
+    clock = pool._TimeLeft(jobs=2, plan=plan)
     unplanned = pool._TimeLeft(jobs=2)
+    assert unplanned.expected(_cell("plain56", 0)) is None  # nothing finished, no plan: not known
+    assert clock.expected(_cell("resnet56", 0, "A")) == pytest.approx(276 * 0.5 + 3 * 3.0)  # the probe's step time
     for timer in (clock, unplanned):
         timer.finished(_cell("plain56", 0), 144.0)
         timer.finished(_cell("plain20", 0), 57.0)
     assert clock.expected(_cell("plain56", 1)) == 144.0  # the same network: what it took
-    assert clock.expected(_cell("resnet56", 0, "A")) == pytest.approx(150.0 * 201 / 200)
+    clock.epoch_line(_cell("resnet56", 0, "A"), "resnet56-A-s0 epoch   1/6  train_error  88.84%  test_error      -   "
+                                                "train_loss 3.8852  lr 0.1  200 img/s  25.0s")
+    zero_init = Cell("resnet56-A-zero-init-s0", {}, TrainConfig(model="resnet56", shortcut="A", iterations=234,
+                                                                train_subset=5000, zero_init_residual=True))
+    assert clock.expected(zero_init) == pytest.approx(276 * 128 / 200 + 3 * 3.0)  # the same network's epoch line
     per_work = 201 / (budget.cost(_cell("plain56", 0)) + budget.cost(_cell("plain20", 0)))
     assert unplanned.expected(_cell("resnet56", 0, "A")) == pytest.approx(budget.cost(_cell("resnet56", 0, "A"))
                                                                           * per_work)

@@ -152,12 +152,27 @@ def test_the_training_view_is_a_224_crop_of_the_image_rescaled_to_a_shorter_side
     for path, _ in data.train:
         view = training_view(load_rgb(path), generator)
         assert view.shape == (3, 224, 224) and view.dtype == torch.uint8
-    # The scale: drawn uniformly from the whole range, ends included, whatever the image's own size.
-    drawn = [int(torch.randint(*(paper.IMAGENET_SCALE_RANGE[0], paper.IMAGENET_SCALE_RANGE[1] + 1), (),
-                               generator=torch.Generator().manual_seed(seed))) for seed in range(2000)]
-    assert min(drawn) == 256 and max(drawn) == 480
     small = resize_shorter_side(_image((64, 48)), 256)
     assert (small.width, small.height) == (341, 256)
+
+
+def test_the_shorter_sides_training_view_rescales_to_stay_in_256_480_and_reach_both_ends(monkeypatch):
+    """The lengths training_view itself asks the resize for (recorded; the resize stubbed to a 224 image so
+    that 3,000 views take no time): uniform over the paper's range, ends included."""
+    from resnet.training import imagenet_input
+
+    lengths = []
+
+    def recording_resize(image, length):
+        lengths.append(length)
+        return Image.new("RGB", (224, 224))
+
+    monkeypatch.setattr(imagenet_input, "resize_shorter_side", recording_resize)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3000):
+        imagenet_input.training_view(_image((64, 48)), generator)
+    assert (min(lengths), max(lengths)) == paper.IMAGENET_SCALE_RANGE == (256, 480)
+    assert len(set(lengths)) > 200  # spread over the range (225 values), not a few of them
 
 
 def test_the_training_view_is_the_crop_of_the_flip_when_the_draw_says_flip():

@@ -324,13 +324,16 @@ def test_the_zero_init_ablation_is_a_network_of_its_own_with_its_verdict_figure_
     claims = {v.claim: v.answer for v in report.verdicts.values()}
     assert claims == {"plain-56 trains worse than plain-20": "Yes", "ResNet-56 (A) trains better than plain-56": "No",
                       "ResNet-56 (A) trains better than ResNet-20 (A)": "No",
-                      "ResNet-56 (A, zero-init) trains better than plain-56": "Yes"}
+                      "ResNet-56 (A, zero-init) trains better than plain-56": "Yes",
+                      # by hand: 62-55, 63-54, 62.5-57 above ResNet-20 (A); 62-84, 63-82.5, 62.5-86.5 below it
+                      "ResNet-56 (A, zero-init) trains better than ResNet-20 (A)": "No",
+                      "ResNet-56 (A, zero-init) trains better than ResNet-56 (A)": "Yes"}
     ablation = report.verdicts["cifar-shortcuts-zero-init"]
     assert ablation.difference.differences == (pytest.approx(-18.0), pytest.approx(-16.0), pytest.approx(-19.5))
     assert ablation.sentence.startswith("Yes: ResNet-56 (A, zero-init) trains better than plain-56 (the "
                                         "initialisation ablation, not the paper's recipe).")
     assert [f.name for f in report.figures] == ["figure6", "verdicts-by-length", "zero-init-ablation", "figure7-cifar"]
-    html = " ".join(report.html.split())
+    html = " ".join(unescape(report.html).split())
     # The ablation's table: first-epoch largest step loss, last stage's stream std at init, final error.
     assert ("<tr><td>ResNet-56 (A)</td><td>3.00 ± 0.00</td><td>1.80 ± 0.00</td><td>84.33 ± 2.02</td></tr>"
             "<tr><td>ResNet-56 (A, zero-init)</td><td>1.90 ± 0.00</td><td>0.90 ± 0.00</td><td>62.50 ± 0.50</td></tr>"
@@ -346,10 +349,13 @@ def test_the_zero_init_ablation_is_a_network_of_its_own_with_its_verdict_figure_
     # Every fixture curve has the same shape, so each claim reads the same at every epoch boundary.
     assert ("<li>ResNet-56 (A) trains better than plain-56: the mean training error of ResNet-56 (A) is never below "
             "that of plain-56 at an epoch boundary; the verdict never reads Yes within these 50 iterations (n = 3 "
-            "seeds).</li>") in html
+            "seeds). Each seed's own crossing, from which its paired difference stays on the claimed side to the last "
+            "boundary: seed 0 none by 50, seed 1 none by 50, seed 2 none by 50.</li>") in html
     assert ("<li>ResNet-56 (A, zero-init) trains better than plain-56: the mean training error of ResNet-56 (A, "
             "zero-init) is first below that of plain-56 at iteration 10; the verdict first reads Yes at iteration 10, "
-            "and at every boundary from 10 to the last (50) (n = 3 seeds).</li>") in html
+            "and at every boundary from 10 to the last (50) (n = 3 seeds). Each seed's own crossing, from which its "
+            "paired difference stays on the claimed side to the last boundary: seed 0 at 10, seed 1 at 10, seed 2 at "
+            "10.</li>") in html
 
 
 def test_verdicts_by_length_read_each_epoch_boundary_as_a_run_stopped_there():
@@ -537,3 +543,34 @@ def test_a_short_cpu_pages_length_is_read_on_the_committed_cpu_reference():
     assert sections.reference_at_length(other_data, reference, sections.depth_claims(laptop))["rows"] == []
     html = build_report(laptop.iloc[0:0], laptop, cpu_reference=reference).html
     assert "What this length decided on the committed CPU reference" in html and "+17.58 [9.72, 25.44]" in html
+
+
+def test_each_seeds_crossing_and_the_disagreement_with_figure_6_are_stated_with_their_numbers():
+    """cpu-long: ResNet-56 (A) overtakes plain-56 for good at 429, 702 and 195 (seeds 0-2), not at the mean
+    curves' 234; ResNet-56 (A) never overtakes ResNet-20 (A). The laptop: both 56-layer residual nets trail
+    ResNet-20 (A) at 234 iterations, which the page states against the paper's Figure 6 and Table 6."""
+    from resnet.report import sections
+    from resnet.report.statistics import seed_crossings
+
+    cpu_long = read_csv(ROOT / sections.CPU_REFERENCE_CSV)
+    assert seed_crossings(cpu_long, ("plain56", "none"), ("resnet56", "A"), "better") == {0: 429, 1: 702, 2: 195}
+    assert seed_crossings(cpu_long, ("resnet20", "A"), ("resnet56", "A"), "better") == {0: None, 1: None, 2: None}
+    laptop = read_csv(ROOT / "reports/reference/cifar-depth-laptop-cpu-cifar10jpeg-metrics.csv")
+    claims = sections.depth_claims(laptop)
+    assert list(claims) == ["degradation", "shortcuts", "depth", "shortcuts-zero-init", "depth-zero-init", "zero-init"]
+    verdicts = {f"cifar-{key}": judge(laptop, *claim) for key, claim in claims.items()}
+    assert [verdicts[f"cifar-{k}"].answer for k in ("depth-zero-init", "zero-init")] == ["No", "Yes"]
+    assert sections.disagreements(verdicts, claims, 234) == [
+        "ResNet-56 (A) trains worse than ResNet-20 (A) here: +25.17 points [7.02, 43.32] in final training error at "
+        "234 iterations (n = 3 seeds), where the paper's deeper residual net ends better after 64,000 (Figure 6; "
+        "Table 6 test error: ResNet-20 8.75%, ResNet-56 6.97%).",
+        "ResNet-56 (A, zero-init) trains worse than ResNet-20 (A) here: +5.76 points [1.68, 9.83] in final training "
+        "error at 234 iterations (n = 3 seeds), where the paper's deeper residual net ends better after 64,000 "
+        "(Figure 6; Table 6 test error: ResNet-20 8.75%, ResNet-56 6.97%)."]
+    by_length = sections.by_length(laptop, claims)
+    assert len(by_length["notes"]) == 6 and by_length["boundaries"] == 6  # every claim, 6 looks (39 .. 234)
+    assert "seed 0 at 429, seed 1 at 702, seed 2 at 195" in sections.by_length(
+        cpu_long, sections.depth_claims(cpu_long))["notes"][1]
+    html = " ".join(unescape(build_report(laptop.iloc[0:0], laptop).html).split())
+    assert "Where these runs disagree with the paper" in html and "no correction is made" in html
+    assert "yet it trails the shallower net too" in html

@@ -122,6 +122,8 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
         context["cifar_depth"] = {
             "ablation": ablation, "by_length": by_length,
             "reference_at_length": sections.reference_at_length(cifar_depth, cpu_reference, depth_claims),
+            "disagreements": sections.disagreements(depth_verdicts, depth_claims,
+                                                    sections.run_length(cifar_depth)["iterations"]),
             "figure": depth_figure, "table": sections.depth_table(cifar_depth, networks),
             "length": sections.run_length(cifar_depth),
             "verdicts": [sections.verdict_view(v) for v in depth_verdicts.values()],

@@ -15,7 +15,7 @@ from .. import paper
 from ..tracking import keys
 from .figures import curves_figure, verdict_length_figure
 from .results import DEGRADATION_NETWORKS, ZERO_INIT_A, final_training_errors, final_values, label, network_rows
-from .statistics import Verdict, summarise, verdicts_by_length
+from .statistics import Verdict, seed_crossings, summarise, verdicts_by_length
 
 GUESSING_LOSS = math.log(10)  # cross-entropy of a uniform guess among ten classes: ln 10 = 2.30
 PLAIN, A, B = "none", "A", "B"
@@ -50,9 +50,39 @@ def depth_claims(frame: pd.DataFrame) -> dict[str, tuple]:
         claims["shortcuts"] = ((f"plain{deep}", PLAIN), (f"resnet{deep}", A), "better", "option A")
         claims["depth"] = ((f"resnet{shallow}", A), (f"resnet{deep}", A), "better", "option A")
     if not network_rows(frame, f"resnet{deep}", ZERO_INIT_A).empty:
+        ablation_note = "the initialisation ablation, not the paper's recipe"
         claims["shortcuts-zero-init"] = ((f"plain{deep}", PLAIN), (f"resnet{deep}", ZERO_INIT_A), "better",
-                                         "the initialisation ablation, not the paper's recipe")
+                                         ablation_note)
+        if "depth" in claims:
+            claims["depth-zero-init"] = ((f"resnet{shallow}", A), (f"resnet{deep}", ZERO_INIT_A), "better",
+                                         ablation_note)
+            claims["zero-init"] = ((f"resnet{deep}", A), (f"resnet{deep}", ZERO_INIT_A), "better", ablation_note)
     return claims
+
+
+# Figure 6 and Table 6 (64k iterations): the deeper residual net ends better than the shallower one. Where a short
+# run says the opposite, the page says so with its numbers (verdicts of the "depth" claims reading No).
+DEPTH_CLAIMS = ("depth", "depth-zero-init")
+
+
+def disagreements(verdicts: dict[str, Verdict], claims: dict[str, tuple], iterations: int) -> list[str]:
+    """A sentence for each depth claim that reads No here, against what the paper reports at 64k iterations."""
+    sentences = []
+    for key in DEPTH_CLAIMS:
+        verdict = verdicts.get(f"cifar-{key}")
+        if verdict is None or verdict.answer != "No":
+            continue
+        shallow, deep = claims[key][0], claims[key][1]
+        difference = verdict.difference
+        # The paper's own networks (it ran no zero-init): ResNet-20 and ResNet-56 of Table 6.
+        paper_errors = ", ".join(f"ResNet-{m[len('resnet'):]} {paper.CIFAR_TEST_ERROR[m]:.2f}%"
+                                 for m, _ in (shallow, deep) if m in paper.CIFAR_TEST_ERROR)
+        sentences.append(
+            f"{label(*deep)} trains worse than {label(*shallow)} here: {difference.mean:+.2f} points "
+            f"[{difference.low:.2f}, {difference.high:.2f}] in final training error at {iterations:,} iterations "
+            f"(n = {difference.n} seeds), where the paper's deeper residual net ends better after 64,000 "
+            f"(Figure 6{f'; Table 6 test error: {paper_errors}' if paper_errors else ''}).")
+    return sentences
 
 
 def by_length(frame: pd.DataFrame, claims: dict[str, tuple]) -> dict[str, Any] | None:
@@ -63,24 +93,22 @@ def by_length(frame: pd.DataFrame, claims: dict[str, tuple]) -> dict[str, Any] |
     runs = frame.drop_duplicates("run_id")
     if set(runs["schedule"]) != {"paper"} or {str(b) for b in runs["batch_size"]} != {str(paper.BATCH_SIZE)}:
         return None
-    panels, notes = [], []
-    for key in ("degradation", "shortcuts", "shortcuts-zero-init"):
-        if key not in claims:
-            continue
-        reference, subject, claim, _ = claims[key]
+    panels, notes, boundaries = [], [], 0
+    for reference, subject, claim, _ in claims.values():
         table = verdicts_by_length(frame, reference, subject, claim)
         if table.empty or table["n"].max() < 2:
             continue
         names = label(*reference), label(*subject)
         panels.append((f"{names[1]} minus {names[0]}", table))
-        notes.append(length_note(table, names, claim))
+        notes.append(length_note(table, names, claim, seed_crossings(frame, reference, subject, claim)))
+        boundaries = max(boundaries, len(table))
     if not panels:
         return None
     figure = verdict_length_figure(
         panels, "verdicts-by-length", "Each claim's evidence for a run stopped at each epoch boundary (read off "
         "these runs, of which a shorter run is an exact prefix): the paired difference in final training error with "
         "its 95% CI; green dots where the verdict reads Yes.")
-    return {"figure": figure, "notes": notes}
+    return {"figure": figure, "notes": notes, "boundaries": boundaries}
 
 
 # The committed CPU reference (2,000 iterations, 3 seeds): a shorter CPU run's page says what its length
@@ -121,8 +149,21 @@ def reference_at_length(frame: pd.DataFrame, reference: pd.DataFrame | None, cla
     return {"name": name, "rows": rows, "boundary": boundary, "iterations": iterations, "note": note}
 
 
-def length_note(table: pd.DataFrame, names: tuple[str, str], claim: str) -> str:
-    """Where the mean curves cross and where the verdict first, and for good, reads Yes."""
+def length_note(table: pd.DataFrame, names: tuple[str, str], claim: str,
+                crossings: dict[int, int | None] | None = None) -> str:
+    """Where the mean curves cross, where the verdict first, and for good, reads Yes, and where each seed's own
+    difference crosses for good."""
+    text = _length_verdict_note(table, names, claim)
+    if not crossings:
+        return text
+    last = int(table["step"].iloc[-1])
+    seeds = ", ".join(f"seed {seed} {f'at {step:,}' if step is not None else f'none by {last:,}'}"
+                      for seed, step in sorted(crossings.items()))
+    return (f"{text} Each seed's own crossing, from which its paired difference stays on the claimed side to the "
+            f"last boundary: {seeds}.")
+
+
+def _length_verdict_note(table: pd.DataFrame, names: tuple[str, str], claim: str) -> str:
     sign = 1 if claim == "worse" else -1
     side = "above" if claim == "worse" else "below"
     crossed = table[sign * table["mean"] > 0]

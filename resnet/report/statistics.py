@@ -144,21 +144,38 @@ def verdicts_by_length(frame: pd.DataFrame, reference: tuple[str, str], subject:
     ``step, mean, low, high, n, answer``. A run's last, partial epoch (2,000 = 51 x 39 + 11) is no
     boundary: its training error is over fewer steps than the window the verdict's final error uses.
     """
-    def per_seed(network: tuple[str, str]) -> pd.DataFrame:
-        rows = network_rows(frame, *network)
-        rows = rows[rows["status"] == STATUS_FINISHED].dropna(subset=["step", "train_error"])
-        table = rows.pivot_table(index="step", columns="seed", values="train_error")
-        steps = pd.Series(table.index, index=table.index)
-        epoch_lengths = steps.diff().fillna(steps)
-        return table[epoch_lengths == epoch_lengths.max()]  # whole epochs only
-
-    first, second = per_seed(reference), per_seed(subject)
+    first, second = _by_step(frame, reference), _by_step(frame, subject)
     rows = []
     for step in first.index.intersection(second.index):
         difference = PairedDifference.of(first.loc[step].dropna(), second.loc[step].dropna())
         rows.append({"step": int(step), "mean": difference.mean, "low": difference.low, "high": difference.high,
                      "n": difference.n, "answer": _answer(difference, claim)})
     return pd.DataFrame(rows, columns=["step", "mean", "low", "high", "n", "answer"])
+
+
+def _by_step(frame: pd.DataFrame, network: tuple[str, str]) -> pd.DataFrame:
+    """A network's training error at each whole epoch's end (rows: step; columns: seed), finished runs only."""
+    rows = network_rows(frame, *network)
+    rows = rows[rows["status"] == STATUS_FINISHED].dropna(subset=["step", "train_error"])
+    table = rows.pivot_table(index="step", columns="seed", values="train_error")
+    steps = pd.Series(table.index, index=table.index)
+    epoch_lengths = steps.diff().fillna(steps)
+    return table[epoch_lengths == epoch_lengths.max()]  # whole epochs only
+
+
+def seed_crossings(frame: pd.DataFrame, reference: tuple[str, str], subject: tuple[str, str],
+                   claim: str) -> dict[int, int | None]:
+    """Each seed's own crossing: the first epoch boundary from which that seed's paired difference stays on
+    the claimed side of zero to the last boundary both networks reached; None where it is not there at the
+    last one. The spread of these is the crossing's uncertainty, which a mean curve's crossing hides."""
+    first, second = _by_step(frame, reference), _by_step(frame, subject)
+    sign = 1 if claim == "worse" else -1
+    crossings = {}
+    for seed in first.columns.intersection(second.columns):
+        difference = (second[seed] - first[seed]).dropna()
+        stays = (sign * difference > 0)[::-1].cummin()[::-1]
+        crossings[int(seed)] = int(stays[stays].index[0]) if stays.any() else None
+    return crossings
 
 
 def _answer(difference: PairedDifference, claim: str) -> str:

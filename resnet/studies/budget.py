@@ -125,7 +125,7 @@ class Plan:
     shortest_seconds: float
     budget_seconds: float | None
     continued: int = 0  # cells that continue a kept shorter run
-    cell_seconds: dict[str, float] = field(default_factory=dict)  # each cell's expected seconds at this length
+    times: dict[str, CellTime] = field(default_factory=dict)  # each cell's costs, by name, for the time left
 
     @property
     def fits(self) -> bool:
@@ -168,7 +168,7 @@ def choose_plan(times: list[CellTime], *, window: int, jobs: int, threads: int, 
                 chosen = iterations
     continued = sum(0 < t.kept_steps < chosen for t in times)
     return Plan(chosen, profile_iterations, window, len(times), jobs, threads, cores, study_seconds(chosen),
-                study_seconds(shortest), budget_seconds, continued, {t.name: t.seconds(chosen) for t in times})
+                study_seconds(shortest), budget_seconds, continued, {t.name: t for t in times})
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def probe_networks(networks: list[str], precision: str, threads: int, parallel: 
     processes at once (as loaded as the study's cells will be), read from the cache when measured before
     on this machine with this torch."""
     identity = {"processor": processor_description(), "torch": torch.__version__, "precision": precision,
-                "threads": threads, "parallel": parallel, "batch_size": batch_size, "steps": "4+8"}
+                "threads": threads, "parallel": parallel, "batch_size": batch_size, "steps": "4+3x4"}
     cache = runs_dir() / "probes" / f"{identity_hash(identity)}.json"
     known = json.loads(cache.read_text())["networks"] if cache.is_file() else {}
     missing = [n for n in networks if n not in known]
@@ -207,9 +207,12 @@ def probe_networks(networks: list[str], precision: str, threads: int, parallel: 
 
 
 def plan_study(study: Study, *, budget_minutes: float | None, cores: int, jobs: int,
-               kept_steps: Callable[[Cell], int] = lambda cell: 0, probe: Probe | None = None) -> Plan:
+               kept_steps: Callable[[Cell], int] = lambda cell: 0, probe: Probe | None = None,
+               probe_parallel: int | None = None) -> Plan:
     """The plan of ``study``'s cells (their precision resolved for the CPU) on ``cores`` cores,
-    ``jobs`` at a time, within ``budget_minutes`` (None: at the profile's own length)."""
+    ``jobs`` at a time, within ``budget_minutes`` (None: at the profile's own length). The step times are
+    measured with as many networks at once as the cells will run (at most ``probe_parallel``: planning for
+    more cores than this machine has, each core taken to be one of these)."""
     cells = [replace(c, config=c.config.resolved_for("cpu")) for c in study.cells if c.config is not None]
     _check_plannable(study, cells, budget_minutes)
     first = cells[0].config
@@ -217,7 +220,8 @@ def plan_study(study: Study, *, budget_minutes: float | None, cores: int, jobs: 
     window = min(paper.STEPS_PER_EPOCH, steps_per_epoch)
     threads = threads_per_cell(cores, jobs, len(cells))
     networks = sorted({network_key(c.config) for c in cells})
-    measured = (probe or probe_networks)(networks, first.precision, threads, min(jobs, len(cells)), first.batch_size)
+    parallel = min(jobs, len(cells), probe_parallel or jobs)
+    measured = (probe or probe_networks)(networks, first.precision, threads, parallel, first.batch_size)
     test_images = first.test_subset or 10_000
     times = [CellTime(c.name, measured[network_key(c.config)]["step_seconds"],
                       test_images * measured[network_key(c.config)]["test_image_seconds"],

@@ -24,7 +24,7 @@ import yaml
 from ..data import DataError
 from ..tracking import store
 from . import budget
-from .local import default_jobs, run_study, usable_cores
+from .local import run_study, usable_cores
 from .plan import kept_steps, visible_gpus
 from .slurm import submit_study
 from .spec import CELLS_PER_GPU, Study, StudyError, available_studies, load_study
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                 "network's step time measured first (default: the profile's own length)")
     option("--plan", action="store_true",
            help="on a CPU: print the plan (iterations, cells at once, expected minutes) and exit without training")
+    option("--cores", type=int, default=None,
+           help="with --plan: plan for this many cores of this machine's kind (default: the cores this process "
+                "may use)")
     option("--runs-dir", default=None,
            help="executed notebooks and checkpoints (default: $RESNET_RUNS_DIR or runs/); on a cluster, a folder "
                 "every node reaches")
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                                    options=slurm_pairs, detach=args.detach)
         else:
             outcome = run_study(study, jobs=args.jobs, gpus=gpus, tracking_uri=args.tracking_uri,
-                                predicted=plan.cell_seconds if plan else None)
+                                plan=plan)
     except (StudyError, DataError) as error:  # before any cell starts: say what to fix, no traceback
         parser.error(str(error))
     except KeyboardInterrupt:
@@ -145,12 +148,14 @@ def _planned(parser: argparse.ArgumentParser, args: argparse.Namespace, name: st
     if args.executor == "slurm" or gpus or visible_gpus():
         parser.error("--minutes and --plan plan a study on this machine's CPU; on a GPU or a cluster choose a "
                      "--profile (quick, full)")
-    cores = usable_cores()
-    jobs = args.jobs or study.jobs or default_jobs([])
+    if args.cores is not None and (not args.plan or args.cores < 1):
+        parser.error(f"--cores goes with --plan and takes a positive number of cores, got {args.cores}")
+    cores = args.cores or usable_cores()
+    jobs = args.jobs or study.jobs or cores
     uri = store.resolve_tracking_uri(args.tracking_uri)
     try:
         plan = budget.plan_study(study, budget_minutes=args.minutes, cores=cores, jobs=jobs,
-                                 kept_steps=lambda cell: kept_steps(cell, uri))
+                                 kept_steps=lambda cell: kept_steps(cell, uri), probe_parallel=usable_cores())
     except StudyError as error:
         parser.error(str(error))
     print(plan.describe(), flush=True)

@@ -16,7 +16,7 @@ from .. import paper
 from ..config import TrainConfig
 from ..paths import runs_dir
 from ..tracking import store
-from .budget import threads_per_cell
+from .budget import Plan, threads_per_cell
 from .plan import FAILED, INVALID, SKIPPED, TRAINED, StudyOutcome, close_parent, open_study, visible_gpus
 from .pool import CellPool
 from .spec import CELLS_PER_GPU, Study, StudyError
@@ -43,7 +43,7 @@ def run_study(
     tracking_uri: str | None = None,
     output_dir: Path | None = None,
     progress: bool = True,
-    predicted: dict[str, float] | None = None,
+    plan: Plan | None = None,
 ) -> StudyOutcome:
     """Run ``study``'s pending cells here, ``jobs`` at a time (the profile's, else
     :func:`default_jobs`), on ``gpus`` (default: every visible one)."""
@@ -60,7 +60,7 @@ def run_study(
     # On the CPU each cell gets its share of the cores (a cell that sets its own threads keeps them).
     threads = None if gpus else threads_per_cell(usable_cores(), jobs, len(opened.pending))
     pool = CellPool(opened.uri, opened.experiment, opened.parent, jobs, gpus,
-                    output_dir=output_dir or runs_dir() / study.name, threads=threads, predicted=predicted)
+                    output_dir=output_dir or runs_dir() / study.name, threads=threads, plan=plan)
     pool.run(opened.pending, progress)
     outcomes = {**opened.outcomes, **pool.outcomes}
     result = StudyOutcome(study, opened.parent, [outcomes[c.name] for c in study.cells if c.name in outcomes],

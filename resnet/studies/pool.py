@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -25,7 +26,7 @@ import yaml
 from ..config import TrainConfig
 from ..paths import project_root
 from ..tracking import keys, store
-from .budget import cost, longest_first, makespan, network_key
+from .budget import Plan, cost, longest_first, makespan, network_key
 from .plan import FAILED, NOT_FINISHED, TRAINED, CellOutcome, cell_runs, last_step, summary, warm_data_cache
 from .spec import Cell
 
@@ -50,11 +51,11 @@ class CellPool:
     checkpoint kept) and waits for it; the pool then reports itself interrupted."""
 
     def __init__(self, uri: str, experiment: str, parent: str, jobs: int, gpus: list[int], *, output_dir: Path,
-                 threads: int | None = None, predicted: dict[str, float] | None = None):
+                 threads: int | None = None, plan: Plan | None = None):
         self.uri, self.experiment, self.parent, self.jobs, self.gpus = uri, experiment, parent, jobs, gpus
         self.output_dir = output_dir
         self.threads = threads  # CPU threads for each one-process cell that does not set its own; None: torch's
-        self.predicted = predicted  # each cell's seconds as its plan expects them (budget.Plan), for the time left
+        self.plan = plan  # the study's plan on a CPU (budget.Plan): each cell's costs, for the time left
         self.running: dict[str, _Running] = {}
         self.outcomes: dict[str, CellOutcome] = {}
         self.interrupted = False
@@ -76,7 +77,7 @@ class CellPool:
             raise KeyboardInterrupt
 
         previous_handler = signal.signal(signal.SIGTERM, stop_everything)
-        clock = _TimeLeft(self.jobs, self.predicted)
+        clock = _TimeLeft(self.jobs, self.plan)
         started = time.perf_counter()
         try:
             queue = longest_first(pending)
@@ -96,6 +97,7 @@ class CellPool:
                 for name, running in list(self.running.items()):
                     for line in _new_epoch_lines(self.output_dir / f"{name}.log", running):
                         say(f"    {line}")
+                        clock.epoch_line(running.cell, line)
                     if running.process.poll() is None:
                         continue
                     del self.running[name]
@@ -220,35 +222,44 @@ class _TimeLeft:
     """The study's time left: each queued or running cell's expected seconds, laid out over the jobs
     the way the pool runs them (``budget.makespan``: the running cells' remainders first, then the queue
     in order, each cell taking the first free slot). A cell is expected to take what the finished cells
-    of its network took; a network none has finished yet, what the plan predicted for it (from the step
-    times measured before the study, ``budget``) scaled by how the finished cells came out against their
-    predictions; without a plan, its work (``cost``) at the finished cells' seconds per unit of work."""
+    of its network took; a network none has finished yet, its plan's cost (``budget.CellTime``) at the step
+    time its running cells' epoch lines show, else at the step time measured before the study; without a
+    plan, its work (``cost``) at the finished cells' seconds per unit of work."""
 
-    def __init__(self, jobs: int, predicted: dict[str, float] | None = None):
+    def __init__(self, jobs: int, plan: Plan | None = None):
         self.jobs = jobs
-        self.predicted = predicted or {}
+        self.plan = plan
         self.seconds_by_network: dict[str, list[float]] = {}
+        self.step_seconds: dict[str, float] = {}  # by network: the last epoch line's seconds per step
         self.work_done = 0.0
         self.seconds_spent = 0.0
-        self.predicted_spent = 0.0  # the plan's seconds for the finished cells it predicted
 
     def finished(self, cell: Cell, seconds: float) -> None:
         self.seconds_by_network.setdefault(network_key(cell.config), []).append(seconds)
         self.work_done += cost(cell)
         self.seconds_spent += seconds
-        self.predicted_spent += self.predicted.get(cell.name, 0.0)
 
-    def expected(self, cell: Cell) -> float:
-        same = self.seconds_by_network.get(network_key(cell.config))
+    def epoch_line(self, cell: Cell, line: str) -> None:
+        """A running cell's epoch line (``training.loop``): its images per second, read as seconds per step."""
+        speed = EPOCH_SPEED.search(line)
+        if speed and float(speed.group(1).replace(",", "")) > 0:
+            self.step_seconds[network_key(cell.config)] = (cell.config.batch_size
+                                                           / float(speed.group(1).replace(",", "")))
+
+    def expected(self, cell: Cell) -> float | None:
+        network = network_key(cell.config)
+        same = self.seconds_by_network.get(network)
         if same:
             return sum(same) / len(same)
-        if cell.name in self.predicted and self.predicted_spent:
-            return self.predicted[cell.name] * self.seconds_spent / self.predicted_spent
-        return cost(cell) * self.seconds_spent / self.work_done
+        if self.plan is not None and cell.name in self.plan.times:
+            planned = self.plan.times[cell.name]
+            measured = replace(planned, step_seconds=self.step_seconds.get(network, planned.step_seconds))
+            return measured.seconds(self.plan.iterations)
+        return cost(cell) * self.seconds_spent / self.work_done if self.work_done else None
 
     def seconds_left(self, queue: list[Cell], running: list[tuple[Cell, float]], now: float) -> float | None:
-        """None until a cell has finished (nothing measured yet)."""
-        if not self.work_done:
+        """None where a cell's time is not known yet (no plan, and nothing finished)."""
+        if any(self.expected(cell) is None for cell in [*queue, *(c for c, _ in running)]):
             return None
         remaining = [max(0.0, self.expected(cell) - (now - started)) for cell, started in running]
         return makespan([self.expected(cell) for cell in queue], self.jobs, remaining)
@@ -256,6 +267,9 @@ class _TimeLeft:
     def left(self, queue: list[Cell], running: list[tuple[Cell, float]]) -> str:
         seconds = self.seconds_left(queue, running, time.perf_counter())
         return "time left not known yet" if seconds is None else f"about {seconds / 60:.1f} min left"
+
+
+EPOCH_SPEED = re.compile(r"([\d,.]+) img/s")  # in an epoch line: "... 258 img/s  19.4s"
 
 
 def _launch(cell: Cell, output_dir: Path, uri: str, parent: str, gpu: int | None, threads: int | None = None):

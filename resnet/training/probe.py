@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 
@@ -21,10 +22,13 @@ from .. import paper
 from ..models import build_model
 from .engine import EVAL_BATCH, SGD, Precision, StepMetrics, make_train_step
 
-# Measured on the 2-core Xeon: after 2 untimed steps a 56-layer step still read 16% slow (0.58 s against the
-# 0.49 s its cells train at); after 4, 8 timed steps read 0.487 s.
+# A step's time is the median of ROUNDS rounds of TIMED_STEPS after UNTIMED_STEPS. It depends on what the other
+# cores run: on the 2-core Xeon (AMX) plain-56 read 0.48-0.49 s a step alone, 0.55 beside the 20-layer networks'
+# probe, and its laptop cells trained at 0.47-0.50 beside other cells; so a plan carries about 10% of this (the
+# time left corrects it from the cells' own epoch lines, ``studies.pool``).
 UNTIMED_STEPS = 4
-TIMED_STEPS = 8
+TIMED_STEPS = 4
+ROUNDS = 3
 
 
 def network_seconds(model_name: str, shortcut: str | None, precision_name: str, batch_size: int = paper.BATCH_SIZE,
@@ -40,10 +44,13 @@ def network_seconds(model_name: str, shortcut: str | None, precision_name: str, 
     step = make_train_step(model, optimizer, precision, StepMetrics(device, window=1), "eager", (images, labels))
     for _ in range(UNTIMED_STEPS):
         step(images, labels)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step(images, labels)
-    step_seconds = (time.perf_counter() - started) / steps
+    rounds = []
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        for _ in range(steps):
+            step(images, labels)
+        rounds.append((time.perf_counter() - started) / steps)
+    step_seconds = statistics.median(rounds)
     model.eval()
     test_images = precision.layout(torch.randn(EVAL_BATCH, 3, 32, 32).to(precision.input_dtype))
     with torch.no_grad(), precision.autocast():
