@@ -26,9 +26,11 @@ VALIDATION_SIZE = 5_000
 WARMUP_LR = 0.01
 WARMUP_UNTIL_TRAIN_ERROR = 80.0
 
+# CIFAR-10's training set (section 4.2: "50k training images").
+TRAINING_IMAGES = 50_000
 # One epoch of the 50k training images at batch 128, full batches only: the window over which the
 # final training error is averaged (64,000 = 164 x 390 + 40, so the last epoch is partial).
-STEPS_PER_EPOCH = 50_000 // BATCH_SIZE
+STEPS_PER_EPOCH = TRAINING_IMAGES // BATCH_SIZE
 
 # ImageNet top-1 error (%, 10-crop testing), Tables 2 and 3: for reference beside our CIFAR numbers.
 IMAGENET_TOP1_ERROR = {

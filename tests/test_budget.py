@@ -158,6 +158,11 @@ def test_a_longer_run_continues_a_finished_shorter_one_and_its_history_is_an_uni
     assert [m.step for m in client.get_metric_history(longer.run_id, "train_error")] == [1, 2, 3, 4, 5, 6, 7]
     final = client.get_run(straight.run_id).data.metrics["final_train_error"]
     assert run.data.metrics["final_train_error"] == final
+    # The page's table says which run it continued, and for how many steps (results.RUN_COLUMNS).
+    from resnet.report.results import collect_runs
+
+    row = collect_runs("unit", store).drop_duplicates("run_id").set_index("run_id").loc[longer.run_id]
+    assert (row["continued_from"], row["prefix_steps"]) == (short.run_id, "30")
     # Only the longest state of the lineage is kept.
     assert list(kept_states(longer_config.resolved_for("cpu"), tmp_path / "b")) == [70]
 

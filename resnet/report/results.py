@@ -31,7 +31,8 @@ DATA_PARALLEL_PARAMS = ("world_size", "backend", "per_process_batch", "effective
 RUN_COLUMNS = ["study", "profile", "run_id", "experiment_id", "cell", "model", "shortcut", "seed", "status",
                "failure_reason", "parameters", "multiply_adds", "schedule", "iterations", "epochs_planned",
                "batch_size", "precision", "normalisation", "device", "data_provenance", "data_description",
-               "git_commit", "git_dirty", "processor", "torch_version", "start_time", *DATA_PARALLEL_PARAMS]
+               "git_commit", "git_dirty", "processor", "torch_version", "start_time", "continued_from",
+               "prefix_steps", *DATA_PARALLEL_PARAMS]
 # The paper's grids, as (model, shortcut) pairs; "none" for plain nets. The shortcut column holds the
 # option as the page names the network: "A", or "A, zero-init" for the initialisation ablation
 # (keys.network_option), a network of its own.
@@ -104,6 +105,8 @@ def _run_row(run, study: str, profile: str, experiment_id: str) -> dict:
         "git_commit": tags.get(keys.GIT_COMMIT_TAG, ""), "git_dirty": tags.get(keys.GIT_DIRTY_TAG, ""),
         "processor": tags.get(keys.PROCESSOR_TAG, ""), "torch_version": tags.get(keys.TORCH_VERSION_TAG, ""),
         "start_time": started.isoformat(timespec="seconds"),
+        # A run that continued a kept shorter one (training.loop): which, and how many of its steps that one trained.
+        "continued_from": tags.get(keys.CONTINUED_FROM_TAG, ""), "prefix_steps": tags.get(keys.PREFIX_STEPS_TAG, ""),
         **{key: params.get(key, "") for key in DATA_PARALLEL_PARAMS},
     }
 

@@ -308,7 +308,12 @@ def provenance(frame: pd.DataFrame, ui_base: str) -> dict[str, Any]:
     for _, run in runs.iterrows():
         link = keys.ui_run_url(ui_base, run["experiment_id"], run["run_id"])
         status = run["status"] if run["status"] == keys.STATUS_FINISHED else gap(run["status"])
-        rows.append([str(run["cell"]), str(run["seed"]), status, str(run["failure_reason"] or ""),
+        note = str(run["failure_reason"] or "")
+        continued = str(run.get("continued_from", "") or "")
+        if continued not in ("", "nan"):
+            note = (f"{note} " if note else "") + (f"continued run {continued} (its first "
+                                                   f"{int(float(run['prefix_steps'])):,} steps)")
+        rows.append([str(run["cell"]), str(run["seed"]), status, note,
                      Markup('<a href="{}"><code>{}</code></a>').format(link, run["run_id"])])
     # A data source is named by its file (and SHA-256), never by where it lay on the machine that ran it.
     data = sorted({re.sub(r"(?<![\w.-])/(?:[^\s/;()]+/)*", "", str(d)) for d in runs["data_description"]})

@@ -31,8 +31,8 @@ from ..models import build_model
 from ..paths import atomic_write_bytes, runs_dir
 from .spec import Cell, Study, StudyError
 
-# The laptop profile's length: 6 windows of 39 steps (a 5,000-image subset at batch 128). The shortest
-# run a budget picks: below it the degradation is not yet decided on the CPU reference.
+# The laptop profile's length, 6 windows of 39 steps (a 5,000-image subset at batch 128): the shortest run a
+# budget picks, so that a budget never gives less than the default result.
 MINIMUM_ITERATIONS = 234
 # What a cell costs besides its SGD steps and test passes (the kernel starting, the diagnostics' passes, the
 # weights and metrics logged), in its own steps: it grows with the network. Measured on the laptop profile
@@ -75,7 +75,7 @@ def network_key(config: TrainConfig) -> str:
 def training_images(config: TrainConfig) -> int:
     if config.train_subset:
         return config.train_subset
-    return 50_000 - (paper.VALIDATION_SIZE if config.validation else 0)
+    return paper.TRAINING_IMAGES - (paper.VALIDATION_SIZE if config.validation else 0)
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,9 @@ class CellTime:
     def seconds(self, iterations: int) -> float:
         epochs = math.ceil(iterations / self.steps_per_epoch)
         evaluations = epochs // self.eval_every + (epochs % self.eval_every > 0)
-        start = self.kept_steps if self.kept_steps < iterations else 0
+        # A kept run is continued where it is shorter and ends on an epoch boundary (``training.loop``).
+        continued = self.kept_steps < iterations and self.kept_steps % self.steps_per_epoch == 0
+        start = self.kept_steps if continued else 0
         if start:
             kept_epochs = start // self.steps_per_epoch
             evaluations -= kept_epochs // self.eval_every
@@ -132,8 +134,10 @@ class Plan:
         return self.budget_seconds is None or self.seconds <= self.budget_seconds
 
     def describe(self) -> str:
-        windows = self.iterations // self.window
-        head = (f"plan: {self.iterations:,} iterations ({windows} windows of {self.window} steps; the profile's own "
+        windows, partial = divmod(self.iterations, self.window)
+        length = (f"{windows} windows of {self.window} steps" if not partial else
+                  f"{windows} windows of {self.window} steps and {partial} more")
+        head = (f"plan: {self.iterations:,} iterations ({length}; the profile's own "
                 f"length is {self.profile_iterations:,}), {self.cells} cells, {self.jobs} at a time on {self.cores} "
                 f"core{'s' if self.cores != 1 else ''} ({self.threads} thread{'s' if self.threads != 1 else ''} each)"
                 f"{f', {self.continued} continuing a kept shorter run' if self.continued else ''}: "

@@ -208,7 +208,7 @@ def _keep_last_state(config: TrainConfig, checkpoint_file: Path, steps: int, che
     """A finished run's last state (weights, momentum, data order, the error window) is kept for a longer
     run of its lineage to continue, the longest one only; the weights alone also live in MLflow."""
     kept = kept_states(config, checkpoint_dir)
-    if config.lineage() is None or any(longer >= steps for longer in kept):
+    if config.lineage() is None or not checkpoint_file.is_file() or any(longer >= steps for longer in kept):
         checkpoint_file.unlink(missing_ok=True)
         return
     destination = checkpoint_file.parent / "kept" / f"{config.run_name}-{config.lineage()}-{steps}.pt"
