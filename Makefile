@@ -104,7 +104,7 @@ lint: $(VENV)/.installed-test ## Check style with ruff (lines up to 120 characte
 	$(BIN)/ruff check resnet tests
 
 .PHONY: test
-test: lint test-packages ## Lint, then run the test suite (CPU only; about 13 minutes on 2 cores, set-up aside)
+test: lint test-packages ## Lint, then run the test suite (CPU only; about 12 minutes on 2 cores, set-up aside)
 	$(BIN)/python -m pytest
 
 .PHONY: clean
