@@ -150,3 +150,15 @@ def test_a_node_with_fewer_gpus_than_its_tasks_is_refused_under_a_shared_binding
         check_world(8, "nccl", 256, 2, processes_here=4)
     with pytest.raises(ConfigError, match="local rank 3 has no GPU: this process sees 2 GPUs"):
         gpu_for_rank(3, 2)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
+def test_each_validation_image_is_tested_by_exactly_one_rank_and_the_ranks_counts_differ_by_at_most_one(size):
+    """The validation and 10-crop tests sum hits and image counts over the ranks: each of the 10 images once."""
+    from resnet.training.distributed import rank_share
+
+    items = [(f"image{index}.JPEG", index % 3) for index in range(10)]
+    shares = [rank_share(items, rank, size) for rank in range(size)]
+    assert sorted(item for share in shares for item in share) == sorted(items)
+    assert {len(share) for share in shares} <= {10 // size, 10 // size + 1}
+    assert sum(len(share) for share in shares) == 10

@@ -253,8 +253,12 @@ def test_the_dataset_draws_the_same_crops_for_the_same_epoch_and_others_for_the_
     assert label == data.train[4][1] and torch.equal(images[4][0], first)
     images.set_epoch(1)
     assert not torch.equal(images[4][0], first)
+    # The validation view has no randomness: the file's own centre crop, whatever the epoch.
     validation = ImageNetImages(data.val, centre_view)
-    assert torch.equal(validation[0][0], validation[0][0]) and validation[0][0].shape == (3, 224, 224)
+    expected = centre_view(load_rgb(data.val[0][0]))
+    assert torch.equal(validation[0][0], expected) and validation[0][1] == data.val[0][1]
+    validation.set_epoch(3)
+    assert torch.equal(validation[0][0], expected) and expected.shape == (3, 224, 224)
 
 
 def test_the_mean_image_is_the_mean_centre_crop(tree):

@@ -54,3 +54,33 @@ def test_runs_recorded_before_precision_count_as_the_precision_they_ran_in(store
         assert _finished_and_latest(experiment, newer, store) == (None, None)
     cpu_run = _legacy_run(store, config.resolved_for("cpu"), "cpu")
     assert _finished_and_latest(experiment, config.resolved_for("cpu"), store)[0].info.run_id == cpu_run
+
+
+def test_a_runs_git_state_is_the_checkouts_commit_and_whether_a_tracked_file_changed(tmp_path, monkeypatch):
+    """Untracked files do not make a checkout dirty (runs/, data/ are generated there); an edited tracked file
+    does; a copy without .git says what the launcher exported, else unknown."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q")
+    (tmp_path / "tracked.txt").write_text("one\n")
+    git("add", "tracked.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    monkeypatch.setattr(mlflow_store, "project_root", lambda: tmp_path)
+    commit = git("rev-parse", "HEAD").strip()
+    (tmp_path / "untracked.txt").write_text("generated\n")
+    assert mlflow_store.git_state() == {keys.GIT_COMMIT_TAG: commit, keys.GIT_DIRTY_TAG: "false"}
+    (tmp_path / "tracked.txt").write_text("two\n")
+    assert mlflow_store.git_state() == {keys.GIT_COMMIT_TAG: commit, keys.GIT_DIRTY_TAG: "true"}
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    monkeypatch.setattr(mlflow_store, "project_root", lambda: copy)
+    monkeypatch.delenv("RESNET_GIT_COMMIT", raising=False)
+    monkeypatch.delenv("RESNET_GIT_DIRTY", raising=False)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no repository above the copy either
+    assert mlflow_store.git_state() == {keys.GIT_COMMIT_TAG: "unknown", keys.GIT_DIRTY_TAG: "unknown"}
+    monkeypatch.setenv("RESNET_GIT_COMMIT", "abc123")
+    monkeypatch.setenv("RESNET_GIT_DIRTY", "false")
+    assert mlflow_store.git_state() == {keys.GIT_COMMIT_TAG: "abc123", keys.GIT_DIRTY_TAG: "false"}

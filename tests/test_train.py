@@ -96,7 +96,9 @@ def test_mlflow_run_holds_params_every_metric_every_epoch_tags_and_artifacts(sto
     assert tags[keys.TORCH_VERSION_TAG] == torch.__version__
     assert params["precision"] == "fp32"  # auto, resolved on the CPU
     assert tags[keys.FINGERPRINT_TAG] == config.resolved_for("cpu").fingerprint()
-    assert tags[keys.GIT_DIRTY_TAG] in ("true", "false", "unknown")
+    checkout = mlflow_store.git_state()  # this checkout's own state (tested in test_tracking.py)
+    assert (tags[keys.GIT_COMMIT_TAG], tags[keys.GIT_DIRTY_TAG]) == (checkout[keys.GIT_COMMIT_TAG],
+                                                                    checkout[keys.GIT_DIRTY_TAG])
     for key in (
         "train_error",
         "train_loss",

@@ -33,7 +33,7 @@ from ..measures import count_multiply_adds, count_parameters
 from ..models import build_model
 from ..paths import atomic_write_bytes, runs_dir
 from ..tracking import keys, store
-from .distributed import World, check_world, join, launch, launched_world, leave, sum_over_ranks
+from .distributed import World, check_world, join, launch, launched_world, leave, rank_share, sum_over_ranks
 from .engine import SGD, Precision, StepMetrics
 from .imagenet_input import (
     DECODER,
@@ -251,7 +251,7 @@ class _Training:
                 "images_per_second": images / seconds}
 
     def _mine(self, items):
-        return items[self.world.rank::self.world.size]  # every validation image on exactly one rank
+        return rank_share(items, self.world.rank, self.world.size)
 
     @torch.no_grad()
     def _validate(self) -> tuple[float, float, float]:
