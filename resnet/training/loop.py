@@ -145,9 +145,9 @@ def train(
         state = _Progress(history=[], warming_up=config.warmup, initial=run.stage_stds("init"))
     if state.run_id is None:
         experiment = store.experiment_id(config.study, uri)
-        prefix = {keys.CONTINUED_FROM_TAG: continued_from or "", keys.PREFIX_STEPS_TAG: str(state.step)}
-        state.run_id = _create_run(mlflow_client, experiment, config, data, run, parent_run_id,
-                                   prefix if continued_from else {})
+        prefix = ({keys.CONTINUED_FROM_TAG: continued_from, keys.PREFIX_STEPS_TAG: str(state.step)}
+                  if continued_from else {})
+        state.run_id = _create_run(mlflow_client, experiment, config, data, run, parent_run_id, prefix)
         # The checkpoint may have outlived its run: log what it holds.
         store.log_metrics(mlflow_client, state.run_id, [{"epoch": 0, **state.initial}, *state.history])
     elif state.history:

@@ -24,7 +24,7 @@ from .engine import EVAL_BATCH, SGD, Precision, StepMetrics, make_train_step
 
 # A step's time is the median of ROUNDS rounds of TIMED_STEPS after UNTIMED_STEPS. It depends on what the other
 # cores run: on the 2-core Xeon (AMX) plain-56 read 0.48-0.49 s a step alone, 0.55 beside the 20-layer networks'
-# probe, and its laptop cells trained at 0.47-0.50 beside other cells; so a plan carries about 10% of this (the
+# probe, and its laptop cells trained at 0.47-0.50 beside other cells; so a plan carries 10-20% of this (the
 # time left corrects it from the cells' own epoch lines, ``studies.pool``).
 UNTIMED_STEPS = 4
 TIMED_STEPS = 4
