@@ -28,7 +28,7 @@ NORMALISATIONS = ("per-pixel", "per-channel")
 NOT_IDENTITY = ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell")
 # Settings added after runs were recorded: part of the identity only where they differ from these
 # defaults, so that every earlier run keeps its fingerprint.
-IDENTITY_ONLY_IF_SET = {"zero_init_residual": False}  # resnet56-A-zero-init-s0 when set
+IDENTITY_ONLY_IF_SET = {"zero_init_residual": False, "window_steps": None}  # resnet56-A-zero-init-s0 when set
 # Settings that make a run an ablation rather than the paper's recipe (a study profile may leave them out).
 ABLATION_SETTINGS = ("zero_init_residual",)
 # The warm-up ends once the training error over the last this many steps is below the paper's 80%
@@ -71,7 +71,11 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on the CPU) | bf16 | fp32 | best (bf16 where native, else fp32)
     normalisation: str = "per-pixel"  # per-pixel: the paper's mean image | per-channel: official mean and std
     diagnostics: bool = False  # per-stage gradient norms, 3x3 response and stage output std (Figure 7)
-    eval_every: int = 1  # epochs between test-set evaluations (and diagnostics); the last epoch always
+    # SGD steps per history row (its training error is over them; so is the final training error):
+    # None, one epoch (the final error over at most the paper's 390 steps); the CPU profiles use 39 steps
+    # (about 5,000 images) on the whole training set, so that their curves have points inside one epoch.
+    window_steps: int | None = None
+    eval_every: int = 1  # rows (epochs) between test-set evaluations (and diagnostics); the last row always
     threads: int | None = None  # CPU threads for this run (None: PyTorch's default, every core)
     study: str = "adhoc"  # MLflow experiment
     run_name: str = ""  # defaults to model[-shortcut]-s<seed>
@@ -112,12 +116,12 @@ class TrainConfig:
             fail("epochs", "give either iterations or epochs, not both")
         if self.schedule not in ("paper", "paper-compressed") and self.iterations is None and self.epochs is None:
             fail("epochs", f"the {self.schedule} schedule needs epochs (or iterations)")
-        for key in ("iterations", "epochs", "train_subset", "test_subset", "threads"):
+        for key in ("iterations", "epochs", "train_subset", "test_subset", "threads", "window_steps"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 fail(key, f"must be a positive whole number or None, got {value}")
         if self.eval_every < 1:
-            fail("eval_every", f"must be a positive whole number of epochs, got {self.eval_every}")
+            fail("eval_every", f"must be a positive whole number of rows (epochs), got {self.eval_every}")
         if self.batch_size < 1:
             fail("batch_size", f"must be positive, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -166,6 +170,14 @@ class TrainConfig:
         GPU when there are any; else where its ``device`` says, ``auto`` being the CPU."""
         return "cuda" if gpus or self.device.startswith("cuda") else "cpu"
 
+    def row_steps(self, training_images: int) -> int:
+        """SGD steps per history row on ``training_images`` images: ``window_steps``, else one epoch."""
+        return self.window_steps or training_images // self.batch_size
+
+    def final_error_steps(self, training_images: int) -> int:
+        """The final training error's window: one row, at most the paper's epoch of 390 steps."""
+        return min(paper.STEPS_PER_EPOCH, self.row_steps(training_images))
+
     @property
     def processes(self) -> int:
         """Training processes (GPUs) one run takes: one."""
@@ -199,7 +211,7 @@ class TrainConfig:
         today's ``paper-compressed``; no earlier run can be today's ``paper``, stopped early."""
         recorded_names = {today: recorded for recorded, today in LEGACY_SCHEDULE_NAMES.items()}
         if (self.normalisation != LEGACY_NORMALISATION or self.schedule in LEGACY_SCHEDULE_NAMES
-                or self.zero_init_residual):
+                or self.zero_init_residual or self.window_steps):
             return {}
         identity = self._identity()
         del identity["normalisation"]
@@ -280,6 +292,12 @@ def coerce_value(key: str, value: Any, annotation: str) -> Any:
         if optional:
             return None
         raise ConfigError(f"{key}: may not be None")
+    if "tuple[str" in annotation:  # names, such as an analysis's moments
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        if not isinstance(value, (list, tuple)) or not all(isinstance(part, str) for part in value):
+            raise ConfigError(f"{key}: expected a list of names, got {value!r}")
+        return tuple(value)
     if "tuple" in annotation:
         if isinstance(value, str):
             value = value.replace(",", " ").split()

@@ -72,7 +72,7 @@ def test_without_a_budget_the_plan_keeps_the_profiles_length_and_a_large_one_sto
 
 
 def test_a_cells_time_is_its_start_its_steps_and_its_test_passes_and_a_kept_run_saves_its_steps():
-    cell = CellTime("plain56-s0", step_seconds=0.5, test_seconds=3.0, steps_per_epoch=39, eval_every=2)
+    cell = CellTime("plain56-s0", step_seconds=0.5, test_seconds=3.0, steps_per_row=39, eval_every=2)
     start = 42 * 0.5  # a cell's start and end cost about 42 of its steps (budget.CELL_START_STEPS)
     # 234 iterations: 6 epochs, the test set at epochs 2, 4, 6.
     assert cell.seconds(234) == pytest.approx(start + 234 * 0.5 + 3 * 3.0)
@@ -165,6 +165,39 @@ def test_a_longer_run_continues_a_finished_shorter_one_and_its_history_is_an_uni
     assert (row["continued_from"], row["prefix_steps"]) == (short.run_id, "30")
     # Only the longest state of the lineage is kept.
     assert list(kept_states(longer_config.resolved_for("cpu"), tmp_path / "b")) == [70]
+
+
+def test_windows_inside_an_epoch_resume_and_continue_as_an_uninterrupted_run(store, tmp_path):
+    """10 steps an epoch, rows of 4 steps: 12 steps end inside epoch 2. Resuming there after an interruption,
+    and a 28-step run continuing a finished 12-step one, give the uninterrupted run's numbers to the last digit;
+    each row's training error is over its own 4 steps and the final one over the last 4."""
+    windowed = {**TINY, "window_steps": 4}
+    straight = train(TrainConfig(**windowed, iterations=28), tracking_uri=store, checkpoint_dir=tmp_path / "a",
+                     progress=False)
+    assert [row["step"] for row in straight.history] == [4, 8, 12, 16, 20, 24, 28]
+    final = mlflow_store.client(store).get_run(straight.run_id).data.metrics["final_train_error"]
+    assert final == pytest.approx(straight.history[-1]["train_error"])
+
+    def interrupt_at_step_12(metrics):
+        if metrics["step"] == 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**windowed, iterations=28), tracking_uri=store, checkpoint_dir=tmp_path / "b",
+              progress=False, on_epoch_end=interrupt_at_step_12)
+    resumed = train(TrainConfig(**windowed, iterations=28), tracking_uri=store, checkpoint_dir=tmp_path / "b",
+                    progress=False)
+    assert _curve(resumed.history) == _curve(straight.history)
+
+    train(TrainConfig(**windowed, iterations=12), tracking_uri=store, checkpoint_dir=tmp_path / "c", progress=False)
+    continued = train(TrainConfig(**windowed, iterations=28), tracking_uri=store, checkpoint_dir=tmp_path / "c",
+                      progress=False)
+    run = mlflow_store.client(store).get_run(continued.run_id)
+    assert run.data.tags[keys.PREFIX_STEPS_TAG] == "12"
+    assert _curve(continued.history) == _curve(straight.history)
+    # A window is part of the experiment: a run of whole epochs is another one, and does not continue it.
+    whole_epochs, windows = (TrainConfig(**values, iterations=28).resolved_for("cpu") for values in (TINY, windowed))
+    assert whole_epochs.lineage() != windows.lineage()
 
 
 def test_a_run_that_ended_inside_an_epoch_or_a_length_dependent_schedule_is_not_continued(store, tmp_path):

@@ -51,13 +51,15 @@ def test_fingerprint_is_the_identity_of_the_experiment_not_of_where_it_runs():
     base = TrainConfig(model="plain20", epochs=3, schedule="cosine").resolved_for("cpu")
     # The hash of the identity fields, nothing else: 16 hex digits of SHA-256 over sorted JSON.
     where = ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell")
-    # zero_init_residual at its default is left out, so that runs recorded before it existed still match.
-    identity = {k: v for k, v in base.to_dict().items() if k not in where + ("zero_init_residual",)}
+    # zero_init_residual and window_steps at their defaults are left out, so that runs recorded before they
+    # existed still match.
+    identity = {k: v for k, v in base.to_dict().items() if k not in where + ("zero_init_residual", "window_steps")}
     assert base.fingerprint() == hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     same_experiment = TrainConfig(model="plain20", epochs=3, schedule="cosine", device="cpu", study="elsewhere",
                                   step_mode="eager", run_name="renamed", cell="x").resolved_for("cpu")
     assert same_experiment.fingerprint() == base.fingerprint()
-    for change in (dict(seed=1), dict(lr=0.05), dict(epochs=4), dict(model="plain32"), dict(precision="bf16")):
+    for change in (dict(seed=1), dict(lr=0.05), dict(epochs=4), dict(model="plain32"), dict(precision="bf16"),
+                   dict(window_steps=39)):
         other = TrainConfig(**{"model": "plain20", "epochs": 3, "schedule": "cosine", **change}).resolved_for("cpu")
         assert other.fingerprint() != base.fingerprint(), change
 
@@ -76,8 +78,9 @@ def _hash(identity: dict) -> str:
 
 
 def test_legacy_fingerprints_are_the_identities_earlier_versions_recorded():
-    # Not in the identity (where it ran), or added since (zero_init_residual, absent at its default).
-    where = ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell", "zero_init_residual")
+    # Not in the identity (where it ran), or added since (zero_init_residual, window_steps: absent at their defaults).
+    where = ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell", "zero_init_residual",
+             "window_steps")
     compressed = TrainConfig(model="plain20", iterations=3900, schedule="paper-compressed",
                              normalisation="per-channel").resolved_for("cuda")
     identity = {k: v for k, v in compressed.to_dict().items() if k not in where + ("normalisation",)}
@@ -111,7 +114,7 @@ def test_threads_and_evaluation_frequency_are_not_part_of_the_identity():
     base = TrainConfig(model="plain20", epochs=3, schedule="cosine").resolved_for("cpu")
     other = TrainConfig(model="plain20", epochs=3, schedule="cosine", threads=1, eval_every=2).resolved_for("cpu")
     assert other.fingerprint() == base.fingerprint()
-    with pytest.raises(ConfigError, match="eval_every: must be a positive whole number of epochs, got 0"):
+    with pytest.raises(ConfigError, match=r"eval_every: must be a positive whole number of rows \(epochs\), got 0"):
         TrainConfig(eval_every=0)
     with pytest.raises(ConfigError, match="threads: must be a positive whole number or None, got 0"):
         TrainConfig(threads=0)
@@ -126,7 +129,7 @@ def test_zero_init_residual_is_part_of_the_identity_and_the_name_and_leaves_earl
     # their fingerprint (the hash of the identity without the key).
     identity = {k: v for k, v in default.to_dict().items()
                 if k not in ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell",
-                             "zero_init_residual")}
+                             "zero_init_residual", "window_steps")}
     assert default.fingerprint() == hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     assert zeroed.fingerprint() == hashlib.sha256(
         json.dumps({**identity, "zero_init_residual": True}, sort_keys=True).encode()).hexdigest()[:16]
@@ -136,7 +139,8 @@ def test_zero_init_residual_is_part_of_the_identity_and_the_name_and_leaves_earl
 def test_warmup_runs_carry_the_rule_that_ends_the_warmup_in_their_identity():
     plain = TrainConfig(model="resnet110", precision="fp32")
     warm = TrainConfig(model="resnet110", precision="fp32", warmup=True)
-    where = ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell", "zero_init_residual")
+    where = ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell", "zero_init_residual",
+             "window_steps")
     identity = {k: v for k, v in warm.to_dict().items() if k not in where}
     # Earlier runs judged the warm-up once per epoch: their fingerprint (without the rule) is not today's.
     assert warm.fingerprint() == _hash({**identity, "warmup_check_steps": 20}) != _hash(identity)

@@ -23,12 +23,15 @@ ALLOWED = {
     "imagenet": {"paths", "data"},
     "config": {"paper", "models", "tracking"},
     "imagenet_config": {"paper", "models", "config"},
+    "analysis_config": {"models", "config"},
     "training": BASE | {"tracking", "models", "measures", "data", "imagenet", "config", "imagenet_config"},
-    "studies": BASE | {"tracking", "models", "measures", "data", "imagenet", "config", "imagenet_config", "training"},
+    "analysis": BASE | {"tracking", "models", "data", "config", "analysis_config", "training"},
+    "studies": BASE | {"tracking", "models", "measures", "data", "imagenet", "config", "imagenet_config",
+                       "analysis_config", "training", "analysis"},
     "study": {"studies"},
     "report": BASE | {"tracking"},
 }
-# The one door from studies into training: the notebook's driver (papermill runs it in the kernel).
+# The one door from studies into training and the analyses: the notebook's driver (papermill runs it in the kernel).
 TRAINING_DOOR = "resnet.studies.notebook"
 
 
@@ -80,7 +83,7 @@ def test_every_import_points_downward_and_training_is_reached_only_through_the_n
             source_part, target_part = _part(name), _part(target)
             if source_part != target_part and target_part not in ALLOWED[source_part]:
                 wrong.append(f"{name} imports {target}")
-            if target_part == "training" and source_part == "studies" and name != TRAINING_DOOR:
+            if target_part in ("training", "analysis") and source_part == "studies" and name != TRAINING_DOOR:
                 wrong.append(f"{name} reaches training ({target}) other than through {TRAINING_DOOR}")
     assert wrong == []
     assert set(ALLOWED) == {_part(name) for name in modules if name != "resnet"}  # every part has its rule

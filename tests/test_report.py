@@ -345,10 +345,10 @@ def test_the_zero_init_ablation_is_a_network_of_its_own_with_its_verdict_figure_
     assert ("<code>zero_init_residual</code> (each residual branch's last BN gamma at 0) for ResNet-56 (A, zero-init) "
             "only, the ablation.</li>") in html
     assert ("Measured here: the layer2 stream's std at initialisation is 1.80 ± 0.00 for ResNet-56 (A) and 0.90 ± 0.00 "
-            "with zero-init; the first epoch's largest step loss is 3.00 ± 0.00 against 1.90 ± 0.00") in html
+            "with zero-init; the largest step loss in the first epoch is 3.00 ± 0.00 against 1.90 ± 0.00") in html
     # Every fixture curve has the same shape, so each claim reads the same at every epoch boundary.
     assert ("<li>ResNet-56 (A) trains better than plain-56: the mean training error of ResNet-56 (A) is never below "
-            "that of plain-56 at an epoch boundary; the verdict never reads Yes within these 50 iterations (n = 3 "
+            "that of plain-56 at a boundary; the verdict never reads Yes within these 50 iterations (n = 3 "
             "seeds). Each seed's own crossing, from which its paired difference stays on the claimed side to the last "
             "boundary: seed 0 none by 50, seed 1 none by 50, seed 2 none by 50.</li>") in html
     assert ("<li>ResNet-56 (A, zero-init) trains better than plain-56: the mean training error of ResNet-56 (A, "

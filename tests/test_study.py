@@ -183,6 +183,12 @@ def test_study_definition_errors_name_the_legal_values(tmp_path):
      "profile 'p': seeds must be a list of whole numbers, got 'abc'"),
     ("grid: [{model: resnet20}]\ndefaults: [lr]\nprofiles: {p: {}}\n", "'defaults' must be a mapping, got ['lr']"),
     ("grid: [{model: resnet20}]\nprofiles: [p]\n", "'profiles' must be a mapping, got ['p']"),
+    ("grid: [{model: resnet20}]\nprofiles: {p: {analyses: [shattering]}}\n",
+     "profile 'p': analyses must be a map of analysis (lesion, shattering, surface) to a list of moments (init, "
+     "final), such as {shattering: [init]}; got ['shattering']"),
+    ("grid: [{model: resnet20}]\nprofiles: {p: {analyses: {shatter: [init]}}}\n", "got 'shatter': ['init']"),
+    ("grid: [{model: resnet20}]\nprofiles: {p: {analyses: {lesion: [init]}}}\n",
+     "profile 'p': the lesion measures trained networks only: [final]"),
 ])
 def test_a_bad_study_file_is_a_study_error_naming_the_key_and_the_legal_form(tmp_path, text, message):
     (tmp_path / "bad.yaml").write_text(text)
@@ -247,10 +253,11 @@ def test_the_laptop_profile_is_the_papers_cifar_experiment_in_miniature():
     assert ablation == dataclasses.replace({c.name: c.config for c in study.cells}["resnet56-A-s1"],
                                            zero_init_residual=True, run_name=ablation.run_name, cell=ablation.cell)
     config = study.cells[0].config
-    # The paper's recipe, unchanged; what the profile cuts is the data, the length and the networks.
+    # The paper's recipe and its 50,000 training images, unchanged; what the profile cuts is the length, the
+    # networks and the test images; the training error is over windows of 39 steps.
     assert (config.lr, config.momentum, config.weight_decay, config.batch_size) == (0.1, 0.9, 1e-4, 128)
     assert (config.schedule, config.normalisation, config.warmup) == ("paper", "per-pixel", False)
-    assert (config.iterations, config.train_subset, config.test_subset) == (234, 5000, 2000)
+    assert (config.iterations, config.train_subset, config.test_subset, config.window_steps) == (234, None, 2000, 39)
     assert (config.precision, config.threads, config.eval_every) == ("best", None, 2)  # threads: the pool's share
     assert sorted({c.config.seed for c in study.cells}) == [0, 1, 2]
 
@@ -265,14 +272,14 @@ def test_without_a_gpu_make_reproduce_runs_the_laptop_profile(monkeypatch, capsy
                      ("plain20", "plain56", "resnet20-A", "resnet56-A", "resnet56-A-zero-init")]
 
 
-def test_the_cpu_long_profile_is_the_faithful_recipe_for_2000_iterations_without_the_ablation():
+def test_the_cpu_long_profile_is_the_faithful_recipe_for_2000_iterations_with_the_ablation():
     study = load_study("cifar-depth", "cpu-long")
     assert study.jobs is None
-    assert [c.name for c in study.cells] == [f"{network}-s{seed}" for seed in range(3)
-                                             for network in ("plain20", "plain56", "resnet20-A", "resnet56-A")]
+    assert [c.name for c in study.cells] == [f"{network}-s{seed}" for seed in range(3) for network in
+                                             ("plain20", "plain56", "resnet20-A", "resnet56-A", "resnet56-A-zero-init")]
     configs = [c.config for c in study.cells]
-    assert {(c.iterations, c.train_subset, c.eval_every, c.warmup, c.zero_init_residual) for c in configs} == {
-        (2000, 5000, 4, False, False)}
+    assert {(c.iterations, c.train_subset, c.window_steps, c.eval_every, c.warmup) for c in configs} == {
+        (2000, None, 39, 4, False)}
     # The laptop profile's cells are these runs stopped at 234 iterations: the same identity otherwise.
     laptop = {c.name: c.config for c in load_study("cifar-depth", "laptop").cells}
     assert all(dataclasses.replace(c, iterations=234, eval_every=2) == laptop[c.run_name] for c in configs)

@@ -13,7 +13,7 @@ TINY = dict(model="resnet20", data="synthetic:320", batch_size=32, device="cpu",
 
 def test_paper_schedule_is_64k_iterations_with_drops_at_32k_and_48k():
     schedule = Schedule.for_config(TrainConfig(), train_size=50_000)
-    assert schedule.total_steps == 64_000 and schedule.steps_per_epoch == 390 and schedule.epochs == 165
+    assert schedule.total_steps == 64_000 and schedule.steps_per_epoch == 390 and schedule.rows == 165
     assert [schedule.lr_at(s) for s in (0, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
     )
@@ -27,7 +27,7 @@ def test_multistep_and_cosine_schedules():
     assert [multistep.lr_at(s) for s in (39, 40, 79, 80)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
     cosine = Schedule.for_config(TrainConfig(schedule="cosine", iterations=100), train_size=1280)
     assert cosine.lr_at(0) == pytest.approx(0.1) and cosine.lr_at(50) == pytest.approx(0.05)
-    assert cosine.epochs == 10
+    assert cosine.rows == 10
 
 
 def test_a_short_paper_schedule_is_the_papers_run_stopped_early_and_compressed_is_available():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ from typing import Any
 import pandas as pd
 
 from ..paths import project_root
-from ..tracking import store
-from . import sections
+from ..tracking import keys, store
+from . import sections, why_shortcuts
+from .ablation import ablation_section
 from .figures import Figure, curves_figure, figure7
 from .imagenet import imagenet_section
 from .results import (
@@ -35,6 +37,7 @@ from .results import (
     label,
     network_rows,
     read_csv,
+    row_view,
     uses_last_epoch,
     write_csv,
 )
@@ -55,10 +58,13 @@ class Report:
 
 def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = None,
                  ui_base: str = DEFAULT_UI, imagenet: pd.DataFrame | None = None, source: str = "MLflow",
-                 cpu_reference: pd.DataFrame | None = None) -> Report:
+                 cpu_reference: pd.DataFrame | None = None, precision_control: pd.DataFrame | None = None,
+                 analyses: pd.DataFrame | None = None) -> Report:
     """The whole report from per-epoch tables (see :func:`resnet.report.results.collect_runs`); ``source``
     names where they were read (MLflow, or a CSV file); ``cpu_reference``, the committed CPU reference's
-    table, says what a short run's length decided there."""
+    table, says what a short run's length decided there; ``precision_control``, the first steps of the
+    ablation's default network in fp32 (``keys.PRECISION_CONTROL_PROFILE``), beside the page's bf16 runs;
+    ``analyses``, the analysis runs' curves (``why_shortcuts``), for the section "Why shortcuts help"."""
     cifar_depth = cifar_depth if cifar_depth is not None else degradation.iloc[0:0]
     imagenet = imagenet if imagenet is not None else degradation.iloc[0:0]
     if degradation.empty and cifar_depth.empty and imagenet.empty:
@@ -93,6 +99,7 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
             "verdicts": [sections.verdict_view(v) for v in verdicts.values()],
             "length": sections.run_length(degradation),
             "last_epoch": uses_last_epoch(degradation), "window": sections.final_error_window(degradation),
+            "rows": row_view(degradation),
             "gaps": sections.gaps(degradation, DEGRADATION_NETWORKS),
             "instability": sections.instability_table(degradation, DEGRADATION_NETWORKS),
             "figure7": responses, "streams": sections.stream_table(degradation, DEGRADATION_NETWORKS),
@@ -108,7 +115,7 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
             "figure6", "The paper's Figure 6: training error (dashed) and test error (bold) against iterations, as "
             f"the paper draws them; mean over seeds, band = min to max. {sections.run_length(cifar_depth)['short']}",
             training="dashed")
-        ablation = sections.ablation(cifar_depth, networks)
+        ablation = ablation_section(cifar_depth, networks, precision_control)
         depth_claims = sections.depth_claims(cifar_depth)
         depth_verdicts = {f"cifar-{key}": judge(cifar_depth, *claim) for key, claim in depth_claims.items()}
         by_length = sections.by_length(cifar_depth, depth_claims)
@@ -117,10 +124,14 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
                                                                            "resnet110")],
                             "figure7-cifar", "The paper's Figure 7 (CIFAR-10 family): std of each 3x3 layer's response "
                             "at the end of training, on a fixed batch of 256 test images.")
+        why = why_shortcuts.section(analyses, cifar_depth)
+        if why is not None:
+            for part in why["parts"].values():
+                part["verdicts"] = [(when, sections.verdict_view(v)) for when, v in part["verdicts"]]
         figures += [f for f in (depth_figure, by_length and by_length["figure"], ablation and ablation["figure"],
-                                responses) if f is not None]
+                                responses, *why_shortcuts.figures(why)) if f is not None]
         context["cifar_depth"] = {
-            "ablation": ablation, "by_length": by_length,
+            "ablation": ablation, "by_length": by_length, "why": why,
             "reference_at_length": sections.reference_at_length(cifar_depth, cpu_reference, depth_claims),
             "disagreements": sections.disagreements(depth_verdicts, depth_claims,
                                                     sections.run_length(cifar_depth)["iterations"]),
@@ -128,6 +139,7 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
             "length": sections.run_length(cifar_depth),
             "verdicts": [sections.verdict_view(v) for v in depth_verdicts.values()],
             "last_epoch": uses_last_epoch(cifar_depth), "window": sections.final_error_window(cifar_depth),
+            "rows": row_view(cifar_depth),
             "gaps": sections.gaps(cifar_depth, networks),
             "figure7": responses, "instability": sections.instability_table(cifar_depth, networks),
             "streams": sections.stream_table(cifar_depth, networks),
@@ -195,11 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     ui_base = args.ui or DEFAULT_UI
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per analysis curve read otherwise
     if args.from_csv:
         table = read_csv(args.from_csv)
         imagenet = table[table["study"] == args.imagenet_study]
         degradation = table[~table["study"].isin(["cifar-depth", args.imagenet_study])]
         cifar_depth = table[table["study"] == "cifar-depth"]
+        control = cifar_depth[cifar_depth["profile"] == keys.PRECISION_CONTROL_PROFILE]
+        cifar_depth = cifar_depth[cifar_depth["profile"] != keys.PRECISION_CONTROL_PROFILE]
+        beside = why_shortcuts.analyses_csv_path(args.from_csv)
+        analyses = why_shortcuts.read_analyses_csv(beside) if beside.is_file() else None
     else:
         uri = store.resolve_tracking_uri(args.tracking_uri)
         if args.ui is None and uri.startswith(("http://", "https://")):
@@ -208,9 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         cifar_depth = collect_runs("cifar-depth", uri, args.profile if study is None else None)
         degradation = collect_runs(study, uri, args.profile) if study else cifar_depth.iloc[0:0]
         imagenet = collect_runs(args.imagenet_study, uri, metrics=IMAGENET_METRICS)
+        control = collect_runs("cifar-depth", uri, keys.PRECISION_CONTROL_PROFILE)
+        analyses = why_shortcuts.collect_analyses("cifar-depth", set(cifar_depth["run_id"]), uri)
     reference_csv = project_root() / sections.CPU_REFERENCE_CSV
     try:
-        report = build_report(degradation, cifar_depth, ui_base=ui_base, imagenet=imagenet,
+        report = build_report(degradation, cifar_depth, ui_base=ui_base, imagenet=imagenet, precision_control=control,
+                              analyses=analyses,
                               source=f"the CSV file {Path(args.from_csv).name} of" if args.from_csv else "MLflow",
                               cpu_reference=read_csv(reference_csv) if reference_csv.is_file() else None)
     except ReportError as error:
@@ -218,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     output = write_report(report, Path(args.output), Path(args.figures_dir) if args.figures_dir else None)
     if args.csv:
-        write_csv([degradation, cifar_depth, imagenet], args.csv)
+        write_csv([degradation, cifar_depth, imagenet, control], args.csv)
+        if analyses is not None and not analyses.empty:
+            analyses.to_csv(why_shortcuts.analyses_csv_path(args.csv), index=False)
     print(f"report written to {output}")
     for verdict in report.verdicts.values():
         print(f"  {verdict.sentence}")

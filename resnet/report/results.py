@@ -12,6 +12,7 @@ import datetime as _dt
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -32,7 +33,7 @@ RUN_COLUMNS = ["study", "profile", "run_id", "experiment_id", "cell", "model", "
                "failure_reason", "parameters", "multiply_adds", "schedule", "iterations", "epochs_planned",
                "batch_size", "precision", "normalisation", "device", "data_provenance", "data_description",
                "git_commit", "git_dirty", "processor", "torch_version", "start_time", "continued_from",
-               "prefix_steps", *DATA_PARALLEL_PARAMS]
+               "prefix_steps", "window_steps", *DATA_PARALLEL_PARAMS]
 # The paper's grids, as (model, shortcut) pairs; "none" for plain nets. The shortcut column holds the
 # option as the page names the network: "A", or "A, zero-init" for the initialisation ablation
 # (keys.network_option), a network of its own.
@@ -58,8 +59,9 @@ def collect_runs(study: str, tracking_uri: str | None = None, profile: str | Non
                                      order_by=["attributes.start_time DESC"])
     parents = {r.info.run_id: r.data.tags.get(keys.PROFILE_TAG, "") for r in runs
                if r.data.tags.get(keys.ROLE_TAG) == keys.ROLE_STUDY}
-    if profile is None and parents:
-        profile = next(r.data.tags.get(keys.PROFILE_TAG) for r in runs if r.info.run_id in parents)
+    if profile is None and parents:  # the most recent profile that is not a control of another's runs
+        profile = next((r.data.tags.get(keys.PROFILE_TAG) for r in runs if r.info.run_id in parents
+                        and not keys.is_companion_profile(r.data.tags.get(keys.PROFILE_TAG, ""))), None)
     rows = []
     for run in runs:
         tags = run.data.tags
@@ -107,6 +109,8 @@ def _run_row(run, study: str, profile: str, experiment_id: str) -> dict:
         "start_time": started.isoformat(timespec="seconds"),
         # A run that continued a kept shorter one (training.loop): which, and how many of its steps that one trained.
         "continued_from": tags.get(keys.CONTINUED_FROM_TAG, ""), "prefix_steps": tags.get(keys.PREFIX_STEPS_TAG, ""),
+        # A run whose history rows are windows of this many steps, not epochs (config.TrainConfig).
+        "window_steps": "" if params.get("window_steps") in (None, "None") else params["window_steps"],
         **{key: params.get(key, "") for key in DATA_PARALLEL_PARAMS},
     }
 
@@ -187,6 +191,24 @@ def uses_last_epoch(frame: pd.DataFrame) -> bool:
     """Whether some finished run lacks the final training error over the last 390 iterations."""
     finished = frame[frame["status"] == keys.STATUS_FINISHED]
     return "final_train_error" not in finished or bool(finished["final_train_error"].isna().any())
+
+
+def row_view(frame: pd.DataFrame) -> dict[str, Any]:
+    """What one row of these runs' histories is, in the page's words: an epoch, or a window of
+    ``window_steps`` SGD steps; and the training images the runs drew from (all 50,000, or a subset)."""
+    windows = sorted({int(float(w)) for w in frame.get("window_steps", pd.Series(dtype=str))
+                      if str(w) not in ("", "nan", "None")})
+    sizes = {int(found.group(1)) for text in frame["data_description"]
+             if (found := re.search(r"subset (\d+) train", str(text)))}
+    subset = max(sizes) if sizes and max(sizes) < 50_000 else None
+    training_set = (f"a class-balanced subset of {subset:,} training images" if subset
+                    else "all 50,000 training images")
+    if windows:
+        steps, batch = windows[0], int(float(frame["batch_size"].iloc[0]))
+        return {"noun": "window", "first": f"first {steps}-step window", "steps": steps, "training_set": training_set,
+                "images": f"{steps} SGD steps, {steps * batch:,} images at batch {batch}",
+                "defined": f"a window of {steps} SGD steps ({steps * batch:,} images at batch {batch})"}
+    return {"noun": "epoch", "first": "first epoch", "steps": None, "training_set": training_set, "defined": "an epoch"}
 
 
 def label(model: str, shortcut: str) -> str:

@@ -13,8 +13,16 @@ from markupsafe import Markup
 
 from .. import paper
 from ..tracking import keys
-from .figures import curves_figure, verdict_length_figure
-from .results import DEGRADATION_NETWORKS, ZERO_INIT_A, final_training_errors, final_values, label, network_rows
+from .figures import verdict_length_figure
+from .results import (
+    DEGRADATION_NETWORKS,
+    ZERO_INIT_A,
+    final_training_errors,
+    final_values,
+    label,
+    network_rows,
+    row_view,
+)
 from .statistics import Verdict, seed_crossings, summarise, verdicts_by_length
 
 GUESSING_LOSS = math.log(10)  # cross-entropy of a uniform guess among ten classes: ln 10 = 2.30
@@ -86,8 +94,8 @@ def disagreements(verdicts: dict[str, Verdict], claims: dict[str, tuple], iterat
 
 
 def by_length(frame: pd.DataFrame, claims: dict[str, tuple]) -> dict[str, Any] | None:
-    """Where along the run each claim would be decided: the verdicts of runs stopped at every epoch
-    boundary, read off these runs (``statistics.verdicts_by_length``). Only for runs that are
+    """Where along the run each claim would be decided: the verdicts of runs stopped at every row (epoch or
+    window) boundary, read off these runs (``statistics.verdicts_by_length``). Only for runs that are
     prefixes of longer ones: the paper's schedule at the paper's batch of 128 (one epoch is then at
     most 390 steps, the final-error window). None otherwise."""
     runs = frame.drop_duplicates("run_id")
@@ -105,7 +113,8 @@ def by_length(frame: pd.DataFrame, claims: dict[str, tuple]) -> dict[str, Any] |
     if not panels:
         return None
     figure = verdict_length_figure(
-        panels, "verdicts-by-length", "Each claim's evidence for a run stopped at each epoch boundary (read off "
+        panels, "verdicts-by-length", f"Each claim's evidence for a run stopped at each {row_view(frame)['noun']} "
+        "boundary (read off "
         "these runs, of which a shorter run is an exact prefix): the paired difference in final training error with "
         "its 95% CI; green dots where the verdict reads Yes.")
     return {"figure": figure, "notes": notes, "boundaries": boundaries}
@@ -173,7 +182,7 @@ def _length_verdict_note(table: pd.DataFrame, names: tuple[str, str], claim: str
     text = f"{names[1]} trains {claim} than {names[0]}: "
     text += (f"the mean training error of {names[1]} is first {side} that of {names[0]} at iteration "
              f"{int(crossed['step'].iloc[0]):,}" if not crossed.empty else
-             f"the mean training error of {names[1]} is never {side} that of {names[0]} at an epoch boundary")
+             f"the mean training error of {names[1]} is never {side} that of {names[0]} at a boundary")
     if not yes.any():
         return text + f"; the verdict never reads Yes within these {last:,} iterations (n = {table['n'].min()} seeds)."
     text += f"; the verdict first reads Yes at iteration {int(table.loc[yes, 'step'].iloc[0]):,}"
@@ -181,39 +190,6 @@ def _length_verdict_note(table: pd.DataFrame, names: tuple[str, str], claim: str
         return text + f", and not at the last boundary ({last:,}) (n = {table['n'].min()} seeds)."
     return text + (f", and at every boundary from {int(settled['step'].iloc[0]):,} to the last ({last:,}) "
                    f"(n = {table['n'].min()} seeds).")
-
-
-def ablation(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> dict[str, Any] | None:
-    """The initialisation ablation beside the network it changes: its curve against the plain net and
-    the default, and the numbers that say why option A starts badly (first-epoch largest step loss,
-    last stage's stream std at initialisation), or None without ablation runs."""
-    zeroed = [n for n in networks if n[1] == ZERO_INIT_A]
-    if not zeroed:
-        return None
-    model = zeroed[0][0]
-    depth = model[len("resnet"):]
-    compared = [n for n in ((f"plain{depth}", PLAIN), (model, A), (model, ZERO_INIT_A)) if n in networks]
-    figure = curves_figure(frame, [(f"{depth} layers: plain, option A, option A with zero-init", compared)],
-                           "zero-init-ablation", "The initialisation ablation: training error (dashed) and test "
-                           "error (bold) against iterations, as Figure 6 draws them; mean over seeds, band = min to "
-                           "max.",
-                           training="dashed")
-    stages = sorted({c.split("_")[-1] for c in frame.columns if c.startswith("stage_std_init_")})
-    last_stage = stages[-1] if stages else "last stage"
-    rows, numbers = [], {}
-    for network in compared:
-        runs = network_rows(frame, *network).drop_duplicates("run_id")
-        first = network_rows(frame, *network)
-        first = first[first["epoch"] == 1]["max_step_loss"].dropna()
-        stream = runs[f"stage_std_init_{last_stage}"].dropna() if stages else pd.Series(dtype=float)
-        numbers[network[1]] = {"loss": summarise(first), "stream": summarise(stream)}
-        rows.append([label(*network), str(summarise(first)), str(summarise(stream)),
-                     str(summarise(final_training_errors(frame, *network)))])
-    header = ["network", "first epoch's largest step loss", f"{last_stage} stream std at init",
-              "final train error (%)"]
-    return {"figure": figure, "table": {"header": header, "rows": rows}, "network": label(model, ZERO_INIT_A),
-            "default": label(model, A), "plain": label(f"plain{depth}", PLAIN), "stage": last_stage,
-            "numbers": numbers if A in numbers and ZERO_INIT_A in numbers else None}
 
 
 def options_table(frame: pd.DataFrame) -> dict[str, list]:
@@ -277,7 +253,8 @@ def instability_table(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> d
                      gap(f"{count} of {len(first)}") if thrown else f"{count} of {len(first)}"])
     what = "largest single-step loss" if logged else "mean training loss (largest step loss not logged)"
     return {"logged": logged, "above": above, "spiked": spiked, "rows": rows,
-            "header": ["network", f"first epoch's {what}: mean ± std", "largest seed", "seeds above ln 10"]}
+            "header": ["network", f"{row_view(frame)['first']}'s {what}: mean ± std", "largest seed",
+                       "seeds above ln 10"]}
 
 
 def stream_table(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> dict[str, Any] | None:

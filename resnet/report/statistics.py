@@ -104,6 +104,7 @@ class Measure:
     name: str  # as the sentence names it: "final training error"
     claim_form: str  # the claim, from {subject}, {reference}, {claim} (worse, better) and {direction} (higher, lower)
     values: Callable[[pd.DataFrame, str, str], pd.Series]  # (frame, model, shortcut) -> per seed
+    unit: str = "points"  # of the difference: percentage points of an error, else what the measure counts
 
 
 # Section 4.1's claims are about training error (the degradation is an optimisation problem)...
@@ -130,7 +131,7 @@ def judge(frame: pd.DataFrame, reference: tuple[str, str], subject: tuple[str, s
     difference = PairedDifference.of(first, second)
     answer = _answer(difference, claim)
     return Verdict(statement, answer, difference,
-                   _sentence(statement, answer, difference, names, note, first, second, measure.name))
+                   _sentence(statement, answer, difference, names, note, first, second, measure.name, measure.unit))
 
 
 def verdicts_by_length(frame: pd.DataFrame, reference: tuple[str, str], subject: tuple[str, str],
@@ -191,14 +192,15 @@ def _answer(difference: PairedDifference, claim: str) -> str:
 
 
 def _sentence(statement: str, answer: str, difference: PairedDifference, names: tuple[str, str], note: str,
-              first: pd.Series, second: pd.Series, measured: str = TRAINING_ERROR.name) -> str:
+              first: pd.Series, second: pd.Series, measured: str = TRAINING_ERROR.name, unit: str = "points") -> str:
     lead = f"{answer}: {statement}{f' ({note})' if note else ''}."
     if difference.n == 0:
         missing = [name for name, values in zip(names, (first, second)) if values.empty]
         why = f"no finished runs of {' and '.join(missing)}" if missing else "no seed that both have finished"
         return f"{lead} There is no evidence yet: {why}; 95% CI undefined, n = 0 seeds."
     direction = "higher" if difference.mean > 0 else "lower"
-    amount = f"{names[1]}'s {measured} is {abs(difference.mean):.2f} points {direction} than {names[0]}'s"
+    size = f"{abs(difference.mean):.2f}{f' {unit}' if unit else ''}"
+    amount = f"{names[1]}'s {measured} is {size} {direction} than {names[0]}'s"
     if difference.n == 1:
         return (f"{lead} {amount} in the one seed both have; one seed gives no spread to judge it by: "
                 f"95% CI undefined, n = 1 seeds.")

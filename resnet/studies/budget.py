@@ -86,19 +86,19 @@ class CellTime:
     name: str
     step_seconds: float
     test_seconds: float
-    steps_per_epoch: int
+    steps_per_row: int  # an epoch, or ``window_steps``: the test set is looked at every ``eval_every`` rows
     eval_every: int
     kept_steps: int = 0
 
     def seconds(self, iterations: int) -> float:
-        epochs = math.ceil(iterations / self.steps_per_epoch)
-        evaluations = epochs // self.eval_every + (epochs % self.eval_every > 0)
-        # A kept run is continued where it is shorter and ends on an epoch boundary (``training.loop``).
-        continued = self.kept_steps < iterations and self.kept_steps % self.steps_per_epoch == 0
+        rows = math.ceil(iterations / self.steps_per_row)
+        evaluations = rows // self.eval_every + (rows % self.eval_every > 0)
+        # A kept run is continued where it is shorter and ends on a row boundary (``training.loop``).
+        continued = self.kept_steps < iterations and self.kept_steps % self.steps_per_row == 0
         start = self.kept_steps if continued else 0
         if start:
-            kept_epochs = start // self.steps_per_epoch
-            evaluations -= kept_epochs // self.eval_every
+            kept_rows = start // self.steps_per_row
+            evaluations -= kept_rows // self.eval_every
         return (CELL_START_STEPS + iterations - start) * self.step_seconds + evaluations * self.test_seconds
 
 
@@ -220,8 +220,8 @@ def plan_study(study: Study, *, budget_minutes: float | None, cores: int, jobs: 
     cells = [replace(c, config=c.config.resolved_for("cpu")) for c in study.cells if c.config is not None]
     _check_plannable(study, cells, budget_minutes)
     first = cells[0].config
-    steps_per_epoch = training_images(first) // first.batch_size
-    window = min(paper.STEPS_PER_EPOCH, steps_per_epoch)
+    steps_per_row = first.row_steps(training_images(first))
+    window = first.final_error_steps(training_images(first))
     threads = threads_per_cell(cores, jobs, len(cells))
     networks = sorted({network_key(c.config) for c in cells})
     parallel = min(jobs, len(cells), probe_parallel or jobs)
@@ -229,7 +229,7 @@ def plan_study(study: Study, *, budget_minutes: float | None, cores: int, jobs: 
     test_images = first.test_subset or 10_000
     times = [CellTime(c.name, measured[network_key(c.config)]["step_seconds"],
                       test_images * measured[network_key(c.config)]["test_image_seconds"],
-                      steps_per_epoch, c.config.eval_every, kept_steps(c)) for c in longest_first(cells)]
+                      steps_per_row, c.config.eval_every, kept_steps(c)) for c in longest_first(cells)]
     budget = None if budget_minutes is None else budget_minutes * 60
     return choose_plan(times, window=window, jobs=min(jobs, len(cells)), threads=threads, cores=cores,
                        budget_seconds=budget, profile_iterations=first.iterations or paper.ITERATIONS)
@@ -252,6 +252,7 @@ def _check_plannable(study: Study, cells: list[Cell], budget_minutes: float | No
         raise StudyError(f"profile {study.profile!r}: a time budget needs the paper's schedule (a shorter run is "
                          "the paper's run stopped early); its cells use "
                          f"{', '.join(sorted({c.config.schedule for c in cells}))}")
-    if len({(training_images(c.config), c.config.batch_size, c.config.precision) for c in cells}) != 1:
+    if len({(training_images(c.config), c.config.batch_size, c.config.precision, c.config.window_steps)
+            for c in cells}) != 1:
         raise StudyError(f"profile {study.profile!r}: a time budget needs every cell on the same data size, batch "
-                         "and precision")
+                         "size, precision and window")

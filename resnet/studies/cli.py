@@ -22,8 +22,9 @@ from typing import Any
 import yaml
 
 from ..data import DataError
-from ..tracking import store
+from ..tracking import keys, store
 from . import budget
+from .analyses import run_analyses
 from .local import run_study, usable_cores
 from .plan import kept_steps, visible_gpus
 from .slurm import submit_study
@@ -137,7 +138,28 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED_EXIT
     if outcome.interrupted:
         return INTERRUPTED_EXIT
+    if args.executor == "local" and study.analyses:
+        analysed = run_analyses(study, outcome, jobs=args.jobs, tracking_uri=args.tracking_uri)
+        if analysed is not None and analysed.interrupted:
+            return INTERRUPTED_EXIT
+        if analysed is not None and analysed.failed:
+            return 1
+    if not outcome.failed and args.executor == "local" and _wants_precision_control(study, on_this_cpu):
+        print(f"\nthe precision control (profile {keys.PRECISION_CONTROL_PROFILE}): ResNet-56 (A)'s first window in "
+              "fp32, beside these bf16 runs", flush=True)
+        control = load_study(name, keys.PRECISION_CONTROL_PROFILE, data=args.data, seeds=seeds)
+        outcome = run_study(control, jobs=args.jobs, tracking_uri=args.tracking_uri)
+        if outcome.interrupted:
+            return INTERRUPTED_EXIT
     return 1 if outcome.failed else 0
+
+
+def _wants_precision_control(study: Study, on_this_cpu: bool) -> bool:
+    """Whether the laptop page's transient gets its fp32 control (a minute or two): a laptop profile of the
+    paper's CIFAR study whose ResNet-56 (A) ran in bf16 on this CPU (in fp32 there is nothing to control)."""
+    return (on_this_cpu and study.name == "cifar-depth" and study.profile.startswith("laptop")
+            and any(c.config is not None and c.config.model == "resnet56"
+                    and c.config.resolved_for("cpu").precision == "bf16" for c in study.cells))
 
 
 def _planned(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str, study: Study,

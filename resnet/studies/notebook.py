@@ -12,6 +12,9 @@ import signal
 import threading
 from typing import Any
 
+from ..analysis.run import analyse as measure_and_log
+from ..analysis.run import read_curve
+from ..analysis_config import AnalysisConfig
 from ..config import ConfigError, TrainConfig
 from ..imagenet_config import ImageNetConfig
 from ..tracking import store
@@ -82,17 +85,46 @@ def show_imagenet_run(run_id: str, tracking_uri: str | None = None):
     return figure, frame.tail(5).round(4), final
 
 
+def analyse(config: AnalysisConfig, tracking_uri: str | None = None, parent_run_id: str | None = None,
+            progress: bool = True) -> str:
+    """Measure one trained run (``notebooks/analyse.ipynb``); the analysis run's id. Short: no progress bar."""
+    return measure_and_log(config, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
+
+
+def show_analysis(run_id: str, tracking_uri: str | None = None):
+    """The analysis run's curve, one line per series, and its numbers."""
+    import tempfile
+
+    import matplotlib.pyplot as plt
+
+    client = store.client(tracking_uri)
+    run = client.get_run(run_id)
+    name = run.data.params["analysis"]
+    with tempfile.TemporaryDirectory() as folder:
+        rows = read_curve(client.download_artifacts(run_id, f"{name}.csv", folder))
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for series in dict.fromkeys(r["series"] for r in rows):
+        points = [(r["x"], r["y"]) for r in rows if r["series"] == series]
+        axis.plot(*zip(*points), marker=".", linewidth=1, label=series)
+    axis.set_title(f"{run.info.run_name}")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    return figure, {k: round(v, 4) for k, v in run.data.metrics.items()}
+
+
 def show_run(result: TrainResult):
-    """The run's training (thin) and test (bold) error against epoch, as the paper draws them,
-    and a short table of its last epochs."""
+    """The run's training (thin) and test (bold) error against iterations, as the paper draws them,
+    and a short table of its last rows (epochs, or windows)."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    frame = pd.DataFrame(result.history).set_index("epoch")
+    frame = pd.DataFrame(result.history).set_index("step")
     figure, axis = plt.subplots(figsize=(6, 3.5))
     axis.plot(frame.index, frame["train_error"], linewidth=1, label="train error")
-    axis.plot(frame.index, frame["test_error"], linewidth=2.5, label="test error")
-    axis.set_xlabel("epoch")
+    tested = frame["test_error"].dropna()  # looked at every eval_every rows
+    axis.plot(tested.index, tested, linewidth=2.5, label="test error")
+    axis.set_xlabel("iterations")
     axis.set_ylabel("error (%)")
     axis.set_title(f"{result.config.run_name} ({result.step_mode} step)")
     axis.grid(alpha=0.3)

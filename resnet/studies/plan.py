@@ -138,6 +138,8 @@ def summary(final: dict[str, float]) -> str:
     an ImageNet run, its last training and validation errors and its 10-crop top-1 error."""
     if not final:
         return ""
+    if not any(key.endswith("train_error") or key.endswith("10crop") for key in final):  # an analysis
+        return "  ".join(f"{key} {value:.3g}" for key, value in sorted(final.items()) if key != "analysis_seconds")
     if "final_top1_error_10crop" in final:
         return (f"train_error {final['train_error']:.2f}%  val_error {final['val_error']:.2f}%  "
                 f"10-crop top-1 {final['final_top1_error_10crop']:.2f}%")

@@ -23,6 +23,7 @@ from typing import TextIO
 
 import yaml
 
+from ..analysis_config import AnalysisConfig
 from ..config import TrainConfig
 from ..paths import project_root
 from ..tracking import keys, store
@@ -277,7 +278,8 @@ def _launch(cell: Cell, output_dir: Path, uri: str, parent: str, gpu: int | None
                   "progress": False}
     if gpu is not None and isinstance(cell.config, TrainConfig):
         parameters["device"] = "cuda"
-    if threads is not None and isinstance(cell.config, TrainConfig) and cell.parameters.get("threads") is None:
+    if (threads is not None and isinstance(cell.config, (TrainConfig, AnalysisConfig))
+            and cell.parameters.get("threads") is None):
         parameters["threads"] = threads  # not part of a run's identity: the same run on another machine
     parameter_file = output_dir / f"{cell.name}.parameters.yaml"
     parameter_file.write_text(yaml.safe_dump(parameters, sort_keys=False))
@@ -307,8 +309,9 @@ INHERITED_RUN_VARIABLES = ("MLFLOW_RUN_ID",)
 
 
 def _new_epoch_lines(log: Path, running: _Running) -> list[str]:
-    """The epoch lines the cell wrote to its log since the last look: training prints one per epoch,
-    starting with the run's name (``training.loop``), and one when it resumes or continues a shorter run."""
+    """The epoch lines the cell wrote to its log since the last look: training prints one per row (an epoch
+    or a window), starting with the run's name (``training.loop``), and one when it resumes or continues a shorter
+    run."""
     try:
         with open(log, "rb") as handle:
             handle.seek(running.echoed)
@@ -319,7 +322,7 @@ def _new_epoch_lines(log: Path, running: _Running) -> list[str]:
     running.echoed += len(complete)
     name = running.cell.name
     lines = [line for line in complete.decode(errors="replace").splitlines()
-             if line.startswith((f"{name} epoch ", f"resuming {name} ", f"continuing {name} "))]
+             if line.startswith((f"{name} epoch ", f"{name} window ", f"resuming {name} ", f"continuing {name} "))]
     # A data-parallel cell's rank 0 writes to the kernel's own stdout, which ipykernel both forwards to
     # the notebook and echoes, so the log holds its lines twice: each is passed on once.
     fresh = [line for line in dict.fromkeys(lines) if line not in running.seen]

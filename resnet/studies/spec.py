@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from ..analysis_config import ANALYSES, AT_END, AT_INITIALISATION
 from ..config import ABLATION_SETTINGS, ConfigError, TrainConfig
 from ..imagenet_config import ImageNetConfig
 from ..paths import project_root
@@ -18,8 +19,10 @@ from ..paths import project_root
 STUDY_KEYS = {"description", "dataset", "defaults", "grid", "profiles", "default_profile", "extends"}
 # A profile: its seeds, the settings it gives every cell, optionally which models of the grid it runs
 # (``models``), whether it runs the grid's ablations (``ablations``, default true: cells that set one of
-# ``config.ABLATION_SETTINGS``) and how many cells run at once (``jobs``) where the command line does not say.
-PROFILE_KEYS = {"description", "seeds", "settings", "models", "ablations", "jobs"}
+# ``config.ABLATION_SETTINGS``), how many cells run at once (``jobs``) where the command line does not say, and
+# which analyses of its finished runs it makes (``analyses``: a map of analysis to the moments it measures,
+# ``{shattering: [init, final], lesion: [final]}``; ``studies.analyses``).
+PROFILE_KEYS = {"description", "seeds", "settings", "models", "ablations", "jobs", "analyses"}
 LIST_VALUED_PARAMETERS = {"milestones"}  # a list here is one value, not a set of alternatives
 # A batch-128 CIFAR run leaves a large GPU mostly idle: the local executor puts this many cells on
 # each GPU at once, and each Slurm job (one GPU) runs this many at once.
@@ -63,6 +66,7 @@ class Study:
     cells: tuple[Cell, ...]
     definition: dict[str, Any]
     jobs: int | None = None  # the profile's cells at once, unless the command line says
+    analyses: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (analysis, moments) of its finished runs
 
 
 def _read_definition(name: str, folder: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -172,4 +176,22 @@ def load_study(name: str, profile: str | None = None, data: str | None = None, f
                     config = config_class.from_mapping(parameters)
                 cells.append(Cell(cell_name, parameters, config, error, notebook))
     return Study(name, profile, str(definition.get("description", "")).strip(),
-                 str(chosen.get("description", "")).strip(), tuple(cells), definition, jobs)
+                 str(chosen.get("description", "")).strip(), tuple(cells), definition, jobs,
+                 _analyses(profile, chosen.get("analyses")))
+
+
+def _analyses(profile: str, given: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A profile's ``analyses`` as (analysis, moments) pairs, checked."""
+    if given is None:
+        return ()
+    legal = f"a map of analysis ({', '.join(ANALYSES)}) to a list of moments ({AT_INITIALISATION}, {AT_END})"
+    if not isinstance(given, dict):
+        raise StudyError(f"profile {profile!r}: analyses must be {legal}, such as {{shattering: [init]}}; "
+                         f"got {given!r}")
+    for analysis, moments in given.items():
+        if (analysis not in ANALYSES or not isinstance(moments, list) or not moments
+                or not set(moments) <= {AT_INITIALISATION, AT_END}):
+            raise StudyError(f"profile {profile!r}: analyses must be {legal}; got {analysis!r}: {moments!r}")
+        if analysis != "shattering" and moments != [AT_END]:
+            raise StudyError(f"profile {profile!r}: the {analysis} measures trained networks only: [{AT_END}]")
+    return tuple((analysis, tuple(moments)) for analysis, moments in given.items())

@@ -19,8 +19,22 @@ PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAG = "role"  # ROLE_STUDY for a study's parent run, ROLE_CELL for a training run
 ROLE_STUDY = "study"
 ROLE_CELL = "cell"
+ROLE_ANALYSIS = "analysis"  # a measurement of a trained cell's network (resnet.analysis), not a training run
+ANALYSIS_TAG = "analysis"  # lesion | shattering | surface
+MEASURED_RUN_TAG = "measured_run"  # the run id of the training run an analysis measured
 STUDY_TAG = "study"
 PROFILE_TAG = "profile"
+# A profile that controls another's runs rather than standing alone (experiments/cifar-depth.yaml): the first
+# window of ResNet-56 (A) in fp32, beside the laptop's bf16 runs; the page's default profile is never it.
+PRECISION_CONTROL_PROFILE = "transient-fp32"
+# The parent run of a profile's analyses (studies.analyses) is this profile's name with this suffix.
+ANALYSES_PROFILE_SUFFIX = "+analyses"
+
+
+def is_companion_profile(profile: str) -> bool:
+    """A profile whose runs go with another's page rather than make a page of their own: the precision
+    control, and a profile's analyses."""
+    return profile == PRECISION_CONTROL_PROFILE or profile.endswith(ANALYSES_PROFILE_SUFFIX)
 CELL_TAG = "cell"
 MODEL_TAG = "model"
 SHORTCUT_TAG = "shortcut"

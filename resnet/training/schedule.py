@@ -19,6 +19,8 @@ class Schedule:
     base_lr: float
     kind: str
     milestone_steps: tuple[int, ...]
+    steps_per_row: int  # a history row: one epoch, or ``window_steps``
+
 
     @classmethod
     def for_config(cls, config: TrainConfig, train_size: int) -> Schedule:
@@ -41,11 +43,12 @@ class Schedule:
             milestones = tuple(epoch * steps_per_epoch for epoch in config.milestones)
         else:
             milestones = ()
-        return cls(total, steps_per_epoch, config.lr, config.schedule, milestones)
+        return cls(total, steps_per_epoch, config.lr, config.schedule, milestones, config.row_steps(train_size))
 
     @property
-    def epochs(self) -> int:
-        return math.ceil(self.total_steps / self.steps_per_epoch)
+    def rows(self) -> int:
+        """History rows in the run: epochs, or windows of ``window_steps``; the last may be partial."""
+        return math.ceil(self.total_steps / self.steps_per_row)
 
     def lr_at(self, step: int) -> float:
         """Learning rate for SGD step ``step`` (0-based)."""

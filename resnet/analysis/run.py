@@ -1,0 +1,135 @@
+"""One analysis of one trained run, logged to MLflow: an analysis run of its own (tagged as one, linked to
+the run it measured) with its numbers as metrics and its curve as ``<analysis>.csv``; the notebook
+``notebooks/analyse.ipynb`` calls :func:`analyse`. A run without weights, or weights that do not fit the
+network, ends the analysis run FAILED with the reason (the page names it), never a crash of the report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..analysis_config import AT_INITIALISATION, AnalysisConfig
+from ..config import processor_description
+from ..models import build_model
+from ..tracking import keys, store
+from ..training.engine import Normalisation
+from ..training.loop import prepare_data
+from . import lesion, shattering, surface
+
+WEIGHTS_ARTIFACT = "state_dict.pt"  # what training.loop logs at the end of a run
+
+
+class AnalysisError(RuntimeError):
+    """The measured run cannot be measured (no weights logged, weights of another network); names the run."""
+
+
+def network(config: AnalysisConfig, moment: str, tracking_uri: str | None = None) -> torch.nn.Module:
+    """The measured network at initialisation (built as training builds it: the same seed, so the same
+    weights) or at the end (its logged weights), fp32, on the CPU."""
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, shortcut=config.shortcut, stem=config.stem,
+                        zero_init_residual=config.zero_init_residual)
+    if moment == AT_INITIALISATION:
+        return model
+    mlflow_client = store.client(tracking_uri)
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = mlflow_client.download_artifacts(config.measured_run, WEIGHTS_ARTIFACT, folder)
+        except Exception as error:
+            raise AnalysisError(f"run {config.measured_run} has no logged weights ({WEIGHTS_ARTIFACT}): "
+                                f"{type(error).__name__}") from None
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise AnalysisError(f"the weights of run {config.measured_run} do not fit {config.run_name}'s network "
+                            f"({config.model}, shortcut {config.shortcut}): {first}") from None
+    return model
+
+
+def measure(config: AnalysisConfig, tracking_uri: str | None = None) -> tuple[list[dict], dict[str, float]]:
+    """The analysis's curve (rows of series, x, y) and its numbers."""
+    data = prepare_data(config)
+    normalise = Normalisation.for_images(config.normalisation, data.train_images)
+    rows, numbers = [], {}
+    for moment in config.moments:
+        model = network(config, moment, tracking_uri).eval()
+        if config.analysis == "lesion":
+            images, labels = data.test_images[:config.lesion_images], data.test_labels[:config.lesion_images]
+            found = lesion.lesion(model, images, labels, normalise, draws=config.lesion_draws, seed=config.seed)
+            rows += [{"series": "base", "x": 0, "y": found["base"][0]["error"]}]
+            rows += [{"series": "single-downsampling" if r["downsampling"] else "single", "x": r["block"],
+                      "y": r["error"]} for r in found["single"]]
+            rows += [{"series": "random", "x": r["k"], "y": r["error"]} for r in found["random"]]
+            kept = [r["error"] for r in found["single"] if not r["downsampling"]]
+            numbers.update(lesion_base_error=found["base"][0]["error"],
+                           lesion_single_cost=sum(kept) / len(kept) - found["base"][0]["error"])
+        elif config.analysis == "shattering":
+            inputs = normalise(data.test_images[:2 * config.shattering_lines], torch.float32)
+            pairs = [(inputs[2 * i], inputs[2 * i + 1], int(data.test_labels[2 * i]))
+                     for i in range(config.shattering_lines)]
+            if moment == AT_INITIALISATION:
+                shattering.calibrate(model, normalise(data.train_images[:config.shattering_calibration_images],
+                                                      torch.float32))
+            curve = shattering.shattering(model, pairs, config.shattering_points, config.shattering_max_lag)
+            rows += [{"series": moment, "x": lag, "y": value} for lag, value in enumerate(curve, start=1)]
+            numbers[f"shattering_lag1_{moment}"] = curve[0]
+        else:
+            images = normalise(data.train_images[:config.surface_images], torch.float32)
+            labels = data.train_labels[:config.surface_images]
+            generator = torch.Generator().manual_seed(config.seed)
+            directions = [surface.filter_normalised_direction(model, generator)
+                          for _ in range(config.surface_directions)]
+            alphas = [-1 + 2 * i / (config.surface_points - 1) for i in range(config.surface_points)]
+            found = surface.loss_curve(model, images, labels, alphas, directions)
+            rows += [{"series": f"direction {r['direction']}", "x": r["alpha"], "y": r["loss"]} for r in found]
+            numbers.update({f"surface_{k}": v for k, v in surface.roughness(found).items()})
+    return rows, numbers
+
+
+def analyse(config: AnalysisConfig, tracking_uri: str | None = None, parent_run_id: str | None = None) -> str:
+    """Measure ``config`` and log it as an analysis run; its run id. A failure ends the run FAILED with the
+    reason and is raised (the notebook shows it; the pool records the cell as failed)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    uri = store.prepare_store(tracking_uri)
+    mlflow_client = store.client(uri)
+    tags = {keys.ROLE_TAG: keys.ROLE_ANALYSIS, keys.FINGERPRINT_TAG: config.fingerprint(),
+            keys.ANALYSIS_TAG: config.analysis, keys.MEASURED_RUN_TAG: config.measured_run,
+            keys.STUDY_TAG: config.study, keys.CELL_TAG: config.cell or config.run_name, keys.MODEL_TAG: config.model,
+            keys.SHORTCUT_TAG: config.shortcut or "none", keys.SEED_TAG: str(config.seed),
+            keys.PROCESSOR_TAG: processor_description(), keys.TORCH_VERSION_TAG: torch.__version__,
+            **store.git_state(), **({keys.PARENT_TAG: parent_run_id} if parent_run_id else {})}
+    run_id = store.create_run(mlflow_client, store.experiment_id(config.study, uri), config.run_name, tags,
+                              {**config.to_dict(), "zero_init_residual": config.zero_init_residual})
+    started = time.perf_counter()
+    try:
+        rows, numbers = measure(config, uri)
+    except Exception as error:
+        store.end_run(mlflow_client, run_id, keys.STATUS_FAILED, f"{type(error).__name__}: {error}")
+        raise
+    store.log_metrics(mlflow_client, run_id, [{"epoch": 0, **numbers,
+                                               "analysis_seconds": time.perf_counter() - started}])
+    store.log_files(mlflow_client, run_id, {f"{config.analysis}.csv": curve_csv(rows)})
+    mlflow_client.set_terminated(run_id, keys.STATUS_FINISHED)
+    print(f"{config.run_name} {config.analysis}: " + ", ".join(f"{k} {v:.4g}" for k, v in numbers.items()), flush=True)
+    return run_id
+
+
+def curve_csv(rows: list[dict]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["series", "x", "y"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def read_curve(path: str | Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return [{"series": r["series"], "x": float(r["x"]), "y": float(r["y"])} for r in csv.DictReader(handle)]

@@ -1,0 +1,133 @@
+"""One analysis of one trained CIFAR-10 run (``resnet.analysis``): which measurement, which run it measures,
+the network and data that run trained, and the measurement's own sizes. A study runs its analyses as cells
+of the same pool as its training cells (``studies.analyses``); each logs an MLflow run of its own."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .config import ConfigError, TrainConfig, from_mapping, identity_hash
+from .models import architecture
+
+# The measurements (issue 28): Veit et al. 2016, Balduzzi et al. 2017, Li et al. 2018.
+ANALYSES = ("lesion", "shattering", "surface")
+# Which networks each measures, by (model, shortcut option, zero-init): the lesion the deepest plain and
+# residual nets and the ablation; the loss surface plain against residual at the deepest depth; the
+# shattering every network (depth 20 against 56, plain against residual).
+DEEPEST_ONLY = {"lesion": True, "surface": True, "shattering": False}
+WITH_ABLATION = {"lesion": True, "surface": False, "shattering": True}
+# What a trained network's analyses are measured at; the shattering also at initialisation, which needs
+# no training (and is the only analysis of a profile whose networks end barely trained, the laptop's).
+AT_INITIALISATION = "init"
+AT_END = "final"
+NOT_IDENTITY = ("device", "threads", "study", "run_name", "cell")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    analysis: str = "shattering"
+    measured_run: str = ""  # the MLflow run id of the trained cell it measures
+    moments: tuple[str, ...] = (AT_END,)  # AT_INITIALISATION and/or AT_END (the shattering's may be both)
+    model: str = "resnet56"
+    shortcut: str | None = None
+    zero_init_residual: bool = False
+    stem: str = "cifar"
+    seed: int = 0
+    # The data as the measured run trained on it (``training.loop.prepare_data`` reads these four).
+    data: str = "download"
+    validation: bool = False
+    train_subset: int | None = None
+    test_subset: int | None = None
+    normalisation: str = "per-pixel"
+    # Lesion: the first this many of the run's test images, error with each block and k = 1..10 random blocks
+    # deleted, this many draws each (500 images: a test error to about +-2 points, enough for effects of tens).
+    lesion_images: int = 500
+    lesion_draws: int = 3
+    # Shattering: lines between pairs of the first test images, points per line, correlation up to this lag
+    # (3 lines: the laptop's 15 measurements at initialisation add under 2 minutes to make reproduce on 2 cores).
+    shattering_lines: int = 3
+    shattering_points: int = 256
+    shattering_max_lag: int = 32
+    shattering_calibration_images: int = 512  # training images that set BN's statistics at initialisation
+    # Loss surface: 1-D curves along this many filter-normalised directions, alpha in [-1, 1] in this many
+    # points, the loss on the first this many training images.
+    surface_directions: int = 2
+    surface_points: int = 21
+    surface_images: int = 1024
+    batch_size: int = 128  # the measured run's, for the pool's bookkeeping (an analysis trains nothing)
+    precision: str = "fp32"
+    device: str = "cpu"
+    threads: int | None = None
+    study: str = "adhoc"
+    run_name: str = ""
+    cell: str = ""
+
+    def __post_init__(self) -> None:
+        if self.analysis not in ANALYSES:
+            raise ConfigError(f"analysis: unknown analysis {self.analysis!r}; legal values: {', '.join(ANALYSES)}")
+        try:
+            architecture(self.model)
+        except ValueError as error:
+            raise ConfigError(f"model: {error}") from None
+        unknown = [m for m in self.moments if m not in (AT_INITIALISATION, AT_END)]
+        if not self.moments or unknown:
+            raise ConfigError(f"moments: must list {AT_INITIALISATION} and/or {AT_END}, got {list(self.moments)}")
+        if AT_END in self.moments and not self.measured_run:
+            raise ConfigError("measured_run: measuring a trained network needs the MLflow run id of its training")
+        if self.analysis != "shattering" and self.moments != (AT_END,):
+            raise ConfigError(f"moments: the {self.analysis} measures trained networks only ({AT_END})")
+        if self.precision != "fp32":
+            raise ConfigError(f"precision: the analyses compute in fp32, got {self.precision!r}")
+        if not self.run_name:
+            option = f"-{self.shortcut}" if self.shortcut else ""
+            variant = "-zero-init" if self.zero_init_residual else ""
+            object.__setattr__(self, "run_name", f"{self.analysis}-{self.model}{option}{variant}-s{self.seed}")
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> AnalysisConfig:
+        return from_mapping(cls, values)
+
+    @classmethod
+    def for_run(cls, analysis: str, trained: TrainConfig, run_id: str, moments: tuple[str, ...]) -> AnalysisConfig:
+        """The ``analysis`` of the trained run ``run_id`` of ``trained``."""
+        same = {name: getattr(trained, name) for name in ("model", "shortcut", "zero_init_residual", "stem", "seed",
+                                                          "data", "validation", "train_subset", "test_subset",
+                                                          "normalisation", "batch_size", "study")}
+        return cls(analysis=analysis, measured_run=run_id, moments=moments, **same)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["moments"] = list(self.moments)
+        return values
+
+    # What the pool and the planner ask of a cell's configuration (as of a TrainConfig).
+    def resolved_for(self, device_type: str) -> AnalysisConfig:
+        return self
+
+    def device_type(self, gpus: bool) -> str:
+        return "cpu"  # small: a GPU would spend more on starting than on measuring
+
+    @property
+    def processes(self) -> int:
+        return 1
+
+    @property
+    def iterations(self) -> int:
+        """Its work in training-step equivalents (batches of images through the network), for the pool's
+        order only."""
+        images = {"lesion": self.lesion_images * (1 + 30 + 30), "surface": self.surface_images
+                  * self.surface_directions * self.surface_points,
+                  "shattering": 3 * self.shattering_lines * self.shattering_points * len(self.moments)}
+        return max(1, images[self.analysis] // self.batch_size)
+
+    epochs = None
+
+    def fingerprint(self) -> str:
+        return identity_hash({"kind": "analysis", **{k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}})
+
+    def legacy_fingerprints(self) -> dict[str, bool]:
+        return {}
+
+
+ANALYSIS_FIELDS = tuple(f.name for f in fields(AnalysisConfig))
