@@ -153,7 +153,8 @@ def train(
         # The checkpoint may have outlived its run: log what it holds.
         store.log_metrics(mlflow_client, state.run_id, [{"epoch": 0, **state.initial}, *state.history])
     elif state.history:
-        print(f"resuming {config.run_name} at row {len(state.history) + 1}/{run.schedule.rows} "
+        unit = "window" if config.window_steps else "epoch"
+        print(f"resuming {config.run_name} at {unit} {len(state.history) + 1}/{run.schedule.rows} "
               f"(MLflow run {state.run_id})")
 
     result = TrainResult(state.run_id, config, state.history)

@@ -138,7 +138,7 @@ def science(args) -> dict:
     from resnet.report.results import collect_runs, read_csv, write_csv
     from resnet.studies.cli import main as study_main
 
-    study_file = "cifar-depth" if args.mode == "gpu" else str(_trimmed_cifar_depth(args.work))
+    study_file = str(_trimmed_cifar_depth(args.work, cut_models=args.mode != "gpu"))
     arguments = ["--study", study_file, "--profile", "cpu-long", "--data", args.data, "--tracking-uri", args.uri,
                  "--jobs", "4"]
     arguments += [] if args.mode == "gpu" else ["--seeds", "0", "--set", "iterations=2"]
@@ -267,12 +267,15 @@ def _one_cell_smoke(work: Path) -> Path:
     return path
 
 
-def _trimmed_cifar_depth(work: Path) -> Path:
-    """cifar-depth with its cpu-long profile cut to plain-20 and plain-56 (the CPU mode's two cells)."""
+def _trimmed_cifar_depth(work: Path, cut_models: bool) -> Path:
+    """cifar-depth with its cpu-long profile's analyses left out (they run on the CPU, after the cells: minutes
+    the device's budget does not have), and in the CPU mode its models cut to plain-20 and plain-56."""
     import yaml
 
     study = yaml.safe_load((ROOT / "experiments" / "cifar-depth.yaml").read_text())
-    study["profiles"]["cpu-long"]["models"] = ["plain20", "plain56"]
+    study["profiles"]["cpu-long"].pop("analyses", None)
+    if cut_models:
+        study["profiles"]["cpu-long"]["models"] = ["plain20", "plain56"]
     path = work / "cifar-depth.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
