@@ -77,3 +77,16 @@ def test_importing_the_driver_leaves_sigterm_alone_and_its_first_call_restores_t
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_analysis_notebooks_parameter_cell_states_every_analysisconfig_default_and_nothing_else():
+    from resnet.analysis_config import AnalysisConfig
+
+    namespace = _parameter_cell_namespace("analyse.ipynb")
+    defaults = AnalysisConfig.__dataclass_fields__
+    assert set(namespace) == set(defaults) | set(RUNNER_OPTIONS)
+    for name, field in defaults.items():
+        value = tuple(namespace[name]) if name == "moments" else namespace[name]
+        assert value == field.default and type(value) is type(field.default), name
+    config, _ = configure({**namespace, "analysis": "lesion", "measured_run": "abc"}, set(), AnalysisConfig)
+    assert config.moments == ("final",) and config.run_name == "lesion-resnet56-s0"

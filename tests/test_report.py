@@ -522,12 +522,17 @@ def test_the_cpu_reference_csv_keeps_which_cells_ran_dirty_and_at_which_commit()
     assert commits_by_cell(runs[runs["cell"] == "plain20-s1"]) == "21db388de2"
 
 
+# The CPU references as they were on a 5,000-image subset (a row per epoch of 39 steps): the mechanism's tests
+# read these; the 50,000-image references are tested below.
+SUBSET_CPU_LONG_CSV = "reports/reference/cifar-depth-cpu-long-cpu-cifar10jpeg-metrics.csv"
+
+
 def test_a_short_cpu_pages_length_is_read_on_the_committed_cpu_reference():
     """The laptop's 234 iterations are epoch 6 of the CPU reference: its by-length verdicts there are the
     laptop page's own, digit for digit (the prefix argument); other data get a sentence, not numbers."""
     from resnet.report import sections
 
-    reference = read_csv(ROOT / sections.CPU_REFERENCE_CSV)
+    reference = read_csv(ROOT / SUBSET_CPU_LONG_CSV)
     laptop = read_csv(ROOT / "reports/reference/cifar-depth-laptop-cpu-cifar10jpeg-metrics.csv")
     expected = sections.reference_at_length(laptop, reference, sections.depth_claims(laptop))
     assert (expected["boundary"], expected["iterations"], expected["note"]) == (234, 234, "")
@@ -552,7 +557,7 @@ def test_each_seeds_crossing_and_the_disagreement_with_figure_6_are_stated_with_
     from resnet.report import sections
     from resnet.report.statistics import seed_crossings
 
-    cpu_long = read_csv(ROOT / sections.CPU_REFERENCE_CSV)
+    cpu_long = read_csv(ROOT / SUBSET_CPU_LONG_CSV)
     assert seed_crossings(cpu_long, ("plain56", "none"), ("resnet56", "A"), "better") == {0: 429, 1: 702, 2: 195}
     assert seed_crossings(cpu_long, ("resnet20", "A"), ("resnet56", "A"), "better") == {0: None, 1: None, 2: None}
     laptop = read_csv(ROOT / "reports/reference/cifar-depth-laptop-cpu-cifar10jpeg-metrics.csv")
@@ -574,3 +579,27 @@ def test_each_seeds_crossing_and_the_disagreement_with_figure_6_are_stated_with_
     html = " ".join(unescape(build_report(laptop.iloc[0:0], laptop).html).split())
     assert "Where these runs disagree with the paper" in html and "no correction is made" in html
     assert "yet it trails the shallower net too" in html
+
+
+def test_on_all_50000_images_the_laptop_is_cpu_longs_prefix_and_its_length_reads_the_same_there():
+    """The 50,000-image references: cpu-long continued the laptop's runs, and its by-length verdicts at 234
+    iterations are the laptop page's own verdicts, digit for digit; cpu-long's own crossings."""
+    from resnet.report import sections
+    from resnet.report.statistics import seed_crossings
+
+    reference = read_csv(ROOT / sections.CPU_REFERENCE_CSV)
+    laptop = read_csv(ROOT / "reports/reference/cifar-depth-laptop-50k-cpu-cifar10jpeg-metrics.csv")
+    expected = sections.reference_at_length(laptop, reference, sections.depth_claims(laptop))
+    assert (expected["boundary"], expected["iterations"], expected["note"]) == (234, 234, "")
+    assert [(row["claim"], row["answer"], row["difference"]) for row in expected["rows"]][:3] == [
+        ("plain-56 trains worse than plain-20", "Yes", "+18.72 [7.58, 29.87] points, n = 3"),
+        ("ResNet-56 (A) trains better than plain-56", "Not decided", "-3.69 [-9.35, 1.98] points, n = 3"),
+        ("ResNet-56 (A) trains better than ResNet-20 (A)", "No", "+21.35 [7.91, 34.79] points, n = 3"),
+    ]
+    claims = sections.depth_claims(reference)
+    assert judge(reference, *claims["shortcuts"]).answer == "Yes"
+    assert seed_crossings(reference, ("plain56", "none"), ("resnet56", "A"), "better") == {0: 39, 1: 195, 2: 39}
+    # Each cpu-long run names the laptop run it continued, for its first 234 steps.
+    runs = reference[reference["profile"] == "cpu-long"].drop_duplicates("run_id")
+    assert len(runs) == 15 and set(runs["prefix_steps"].astype(str)) == {"234"}
+    assert set(runs["continued_from"]) == set(laptop[laptop["profile"] == "laptop"]["run_id"])

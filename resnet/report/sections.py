@@ -122,7 +122,7 @@ def by_length(frame: pd.DataFrame, claims: dict[str, tuple]) -> dict[str, Any] |
 
 # The committed CPU reference (2,000 iterations, 3 seeds): a shorter CPU run's page says what its length
 # decided there, so that a reader knows what to expect before reading the verdicts.
-CPU_REFERENCE_CSV = "reports/reference/cifar-depth-cpu-long-cpu-cifar10jpeg-metrics.csv"
+CPU_REFERENCE_CSV = "reports/reference/cifar-depth-cpu-long-50k-cpu-cifar10jpeg-metrics.csv"
 # What must match for the reference's by-length verdicts to speak for a run: the data and the recipe.
 SAME_RUN_SETUP = ("data_description", "schedule", "batch_size")
 
