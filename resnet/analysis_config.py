@@ -4,7 +4,7 @@ of the same pool as its training cells (``studies.analyses``); each logs an MLfl
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .config import ConfigError, TrainConfig, from_mapping, identity_hash
@@ -130,4 +130,3 @@ class AnalysisConfig:
         return {}
 
 
-ANALYSIS_FIELDS = tuple(f.name for f in fields(AnalysisConfig))
