@@ -197,6 +197,21 @@ def test_per_pixel_normalisation_subtracts_the_mean_image_and_divides_by_one_std
     assert per_channel.mean.flatten()[0].item() == pytest.approx(0.4914 * 255)
 
 
+def test_the_per_pixel_sums_are_exact_the_float64_sums_bit_for_bit_even_where_every_pixel_is_255():
+    from resnet.training.engine import EXACT_FLOAT32_IMAGES
+
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (3 * EXACT_FLOAT32_IMAGES + 17, 3, 8, 8), dtype=torch.uint8, generator=generator)
+    images[:EXACT_FLOAT32_IMAGES] = 255  # the largest float32 partial sums: 256 x 255^2, still under 2^24
+    for chunk in (10_000, 100):  # one batch, and batches that split the float32 pieces unevenly
+        found = Normalisation.for_images("per-pixel", images, chunk=chunk)
+        pixels = images.double()
+        mean_image = pixels.sum(dim=0) / len(images)  # float64, exact on whole numbers of this size
+        variance = (pixels.square().sum(dim=0) / len(images) - mean_image.square()).mean()
+        assert torch.equal(found.mean, mean_image.float().unsqueeze(0))
+        assert torch.equal(found.std, variance.sqrt().float())
+
+
 def test_step_metrics_keep_the_largest_step_loss_and_the_last_window_of_steps_across_epochs():
     record = StepMetrics(torch.device("cpu"), window=4)
     labels = torch.tensor([0, 1, 2, 3])
