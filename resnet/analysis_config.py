@@ -4,7 +4,7 @@ of the same pool as its training cells (``studies.analyses``); each logs an MLfl
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .config import ConfigError, TrainConfig, from_mapping, identity_hash
@@ -22,6 +22,17 @@ WITH_ABLATION = {"lesion": True, "surface": False, "shattering": True}
 AT_INITIALISATION = "init"
 AT_END = "final"
 NOT_IDENTITY = ("device", "threads", "study", "run_name", "cell")
+# The measurement sizes a profile may set (``analysis_settings``), each for the analysis its name begins with.
+SIZE_PREFIXES = {"lesion_": "lesion", "shattering_": "shattering", "surface_": "surface"}
+
+
+def applies(setting: str, analysis: str) -> bool:
+    return any(setting.startswith(prefix) and name == analysis for prefix, name in SIZE_PREFIXES.items())
+
+
+def size_settings() -> list[str]:
+    """The names a profile's ``analysis_settings`` may set."""
+    return [f.name for f in fields(AnalysisConfig) if f.name.startswith(tuple(SIZE_PREFIXES))]
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,8 @@ class AnalysisConfig:
     lesion_images: int = 500
     lesion_draws: int = 3
     # Shattering: lines between pairs of the first test images, points per line, correlation up to this lag
-    # (3 lines: the laptop's 15 measurements at initialisation add under 2 minutes to make reproduce on 2 cores).
+    # (3 lines: the laptop's 15 measurements at initialisation add under 2 minutes to make reproduce on 2 cores;
+    # of each one's 15 s most is the notebook's start, and the lines 1 s each for ResNet-56 on one thread).
     shattering_lines: int = 3
     shattering_points: int = 256
     shattering_max_lag: int = 32
@@ -55,6 +67,9 @@ class AnalysisConfig:
     surface_directions: int = 2
     surface_points: int = 21
     surface_images: int = 1024
+    # And a 2-D grid over the first two directions, this many points a side in [-1, 1]^2 (0: none). Li et al.'s
+    # contour plots (Figure 5); on the GPU profiles, where the grid's thousand evaluations take seconds.
+    surface_grid: int = 0
     batch_size: int = 128  # the measured run's, for the pool's bookkeeping (an analysis trains nothing)
     precision: str = "fp32"
     device: str = "cpu"
@@ -77,6 +92,11 @@ class AnalysisConfig:
             raise ConfigError("measured_run: measuring a trained network needs the MLflow run id of its training")
         if self.analysis != "shattering" and self.moments != (AT_END,):
             raise ConfigError(f"moments: the {self.analysis} measures trained networks only ({AT_END})")
+        if self.surface_grid and (self.analysis != "surface" or self.surface_grid < 3
+                                  or self.surface_directions < 2):
+            raise ConfigError(f"surface_grid: a grid of at least 3 points a side for the surface analysis with at "
+                              f"least 2 directions, or 0 for none; got {self.surface_grid} for the {self.analysis}"
+                              f" with {self.surface_directions} directions")
         if self.precision != "fp32":
             raise ConfigError(f"precision: the analyses compute in fp32, got {self.precision!r}")
         if not self.run_name:
@@ -89,12 +109,15 @@ class AnalysisConfig:
         return from_mapping(cls, values)
 
     @classmethod
-    def for_run(cls, analysis: str, trained: TrainConfig, run_id: str, moments: tuple[str, ...]) -> AnalysisConfig:
-        """The ``analysis`` of the trained run ``run_id`` of ``trained``."""
+    def for_run(cls, analysis: str, trained: TrainConfig, run_id: str, moments: tuple[str, ...],
+                settings: dict[str, Any] | None = None) -> AnalysisConfig:
+        """The ``analysis`` of the trained run ``run_id`` of ``trained``, with a profile's ``settings`` (its
+        ``analysis_settings``) of the ones that apply to this analysis (``applies``)."""
         same = {name: getattr(trained, name) for name in ("model", "shortcut", "zero_init_residual", "stem", "seed",
                                                           "data", "validation", "train_subset", "test_subset",
                                                           "normalisation", "batch_size", "study")}
-        return cls(analysis=analysis, measured_run=run_id, moments=moments, **same)
+        own = {key: value for key, value in (settings or {}).items() if applies(key, analysis)}
+        return from_mapping(cls, {"analysis": analysis, "measured_run": run_id, "moments": moments, **same, **own})
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -103,10 +126,12 @@ class AnalysisConfig:
 
     # What the pool and the planner ask of a cell's configuration (as of a TrainConfig).
     def resolved_for(self, device_type: str) -> AnalysisConfig:
-        return self
+        return self if device_type == self.device else replace(self, device=device_type)
 
     def device_type(self, gpus: bool) -> str:
-        return "cpu"  # small: a GPU would spend more on starting than on measuring
+        """The GPU for a loss-surface grid (hundreds of evaluations of a thousand images); the CPU for the rest,
+        small enough that a GPU would spend more on starting than on measuring."""
+        return "cuda" if gpus and self.surface_grid else "cpu"
 
     @property
     def processes(self) -> int:
@@ -124,7 +149,10 @@ class AnalysisConfig:
     epochs = None
 
     def fingerprint(self) -> str:
-        return identity_hash({"kind": "analysis", **{k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}})
+        identity = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
+        if not self.surface_grid:
+            del identity["surface_grid"]  # added later: measurements made before it keep their fingerprints
+        return identity_hash({"kind": "analysis", **identity})
 
     def legacy_fingerprints(self) -> dict[str, bool]:
         return {}

@@ -119,6 +119,70 @@ def test_every_direction_filter_has_its_weight_filters_norm_and_batch_norm_direc
         "rise_at_half": pytest.approx(0.25), "curvature_sign_changes": 0}
 
 
+def test_the_loss_grid_holds_the_curves_along_its_axes_and_restores_the_weights():
+    torch.manual_seed(0)
+    model = build_model("plain20")
+    generator = torch.Generator().manual_seed(2)
+    first, second = (surface.filter_normalised_direction(model, generator) for _ in range(2))
+    images, labels = _images(16)
+    inputs = Normalisation.for_images("per-pixel", images)(images, torch.float32)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    alphas = [-0.5, 0.0, 0.5]
+    grid = surface.loss_grid(model, inputs, labels, alphas, first, second)
+    assert [(r["alpha"], r["beta"]) for r in grid] == [(a, b) for a in alphas for b in alphas]
+    at = {(r["alpha"], r["beta"]): r["loss"] for r in grid}
+    along = surface.loss_curve(model, inputs, labels, alphas, [first, second])
+    for row in along:  # the grid's axes are the 1-D curves along each direction
+        on_axis = (row["alpha"], 0.0) if row["direction"] == 0 else (0.0, row["alpha"])
+        assert at[on_axis] == pytest.approx(row["loss"], rel=1e-5)
+    assert at[(0.5, 0.5)] != pytest.approx(at[(0.5, 0.0)], rel=1e-3)  # off the axes both directions move it
+    assert all(torch.equal(before[name], p) for name, p in model.named_parameters())
+
+
+def test_a_grid_is_the_surfaces_own_measurement_and_only_it_asks_for_the_gpu():
+    with pytest.raises(ConfigError, match="surface_grid: a grid of at least 3 points a side for the surface"):
+        AnalysisConfig(analysis="lesion", measured_run="x", surface_grid=5)
+    with pytest.raises(ConfigError, match="at least 2 directions, or 0 for none; got 2 for the surface"):
+        AnalysisConfig(analysis="surface", measured_run="x", surface_grid=2)
+    with pytest.raises(ConfigError, match="with 1 directions"):
+        AnalysisConfig(analysis="surface", measured_run="x", surface_grid=5, surface_directions=1)
+    flat = AnalysisConfig(analysis="surface", measured_run="r" * 32)
+    grid = AnalysisConfig(analysis="surface", measured_run="r" * 32, surface_grid=31)
+    # Measurements made before the grid existed keep their fingerprints (these are the earlier code's).
+    assert flat.fingerprint() == "232eecb1ccf895a0"
+    assert AnalysisConfig(analysis="shattering", moments=("init",)).fingerprint() == "3f51cfbafe75d080"
+    assert grid.fingerprint() != flat.fingerprint() and grid.resolved_for("cuda").fingerprint() == grid.fingerprint()
+    assert (flat.device_type(gpus=True), grid.device_type(gpus=False), grid.device_type(gpus=True)) == (
+        "cpu", "cpu", "cuda")
+    assert grid.resolved_for("cuda").device == "cuda" and flat.resolved_for("cpu") is flat
+
+
+def test_a_profiles_analysis_settings_reach_only_their_analysis_and_bad_ones_are_refused(tmp_path):
+    from resnet.studies.spec import StudyError, load_study
+
+    def study(settings: str):
+        (tmp_path / "why.yaml").write_text(
+            "grid: [{model: plain20}]\n"
+            f"profiles:\n  p: {{analyses: {{surface: [final], lesion: [final]}}, analysis_settings: {settings}}}\n")
+        return load_study(str(tmp_path / "why.yaml"), "p")
+
+    chosen = study("{surface_grid: 5, lesion_draws: 2}")
+    assert dict(chosen.analysis_settings) == {"surface_grid": 5, "lesion_draws": 2}
+    trained = chosen.cells[0].config
+    measured = {name: AnalysisConfig.for_run(name, trained, "r" * 32, ("final",), dict(chosen.analysis_settings))
+                for name in ("surface", "lesion")}
+    assert (measured["surface"].surface_grid, measured["surface"].lesion_draws) == (5, 3)
+    assert (measured["lesion"].surface_grid, measured["lesion"].lesion_draws) == (0, 2)
+    with pytest.raises(StudyError, match=r"analysis_settings must be a map of measurement sizes \(lesion_images, "
+                                         r"lesion_draws, .*surface_grid\), such as \{surface_grid: 31\}; got "
+                                         r"\['surface_gird'\]"):
+        study("{surface_gird: 5}")
+    with pytest.raises(StudyError, match="profile 'p': analysis_settings: surface_grid: a grid of at least 3"):
+        study("{surface_grid: 2}")
+    with pytest.raises(StudyError, match="analysis_settings must be a map"):
+        study("[surface_grid]")
+
+
 # --------------------------------------------------------------------------------------------
 # Analysis runs in MLflow
 # --------------------------------------------------------------------------------------------
@@ -127,17 +191,22 @@ SMALL = dict(lesion_images=64, lesion_draws=1, shattering_lines=1, shattering_po
              shattering_calibration_images=64, surface_directions=1, surface_points=5, surface_images=64)
 
 
-def test_an_analysis_run_links_to_the_run_it_measured_and_holds_its_curve(store):
+def test_an_analysis_run_links_to_the_run_it_measured_and_holds_its_curve(store, capsys):
     trained = train(TrainConfig(**TINY), tracking_uri=store, progress=False)
     config = trained.config
     client = mlflow_store.client(store)
+    # The surface with a 3 x 3 grid too, asked of a GPU: this machine has none, so it measures on the CPU.
+    grid = dict(surface_directions=2, surface_grid=3, device="cuda")
     for analysis, moments in (("lesion", ("final",)), ("shattering", ("init", "final")), ("surface", ("final",))):
         measured = AnalysisConfig.from_mapping({**AnalysisConfig.for_run(analysis, config, trained.run_id,
-                                                                         moments).to_dict(), **SMALL})
+                                                                         moments).to_dict(), **SMALL,
+                                                **(grid if analysis == "surface" else {})})
         run = client.get_run(analyse(measured, store))
         assert run.info.status == keys.STATUS_FINISHED
         assert run.data.tags[keys.ROLE_TAG] == keys.ROLE_ANALYSIS
         assert run.data.tags[keys.MEASURED_RUN_TAG] == trained.run_id and run.data.tags[keys.ANALYSIS_TAG] == analysis
+    if not torch.cuda.is_available():
+        assert "surface-resnet20-A-s0: no CUDA GPU here; measuring on the CPU" in capsys.readouterr().out
     table = why_shortcuts.collect_analyses("unit", {trained.run_id}, store)
     assert set(table["analysis"]) == {"lesion", "shattering", "surface"}
     shattered = table[table["analysis"] == "shattering"]
@@ -145,6 +214,13 @@ def test_an_analysis_run_links_to_the_run_it_measured_and_holds_its_curve(store)
     lesioned = table[table["analysis"] == "lesion"]
     assert (lesioned["series"] == "single").sum() == 7 and (lesioned["series"] == "single-downsampling").sum() == 2
     assert (lesioned["series"] == "random").sum() == 7  # k = 1..7, one draw: ResNet-20 has 7 blocks of unchanged shape
+    surfaced = table[table["analysis"] == "surface"]
+    on_grid = surfaced[surfaced["series"] == keys.CURVE_GRID_SERIES]
+    assert sorted(set(surfaced["series"])) == ["direction 0", "direction 1", "grid"] and len(on_grid) == 9
+    assert sorted(zip(on_grid["x"], on_grid[keys.CURVE_SECOND_X])) == [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
+    centre = on_grid[(on_grid["x"] == 0) & (on_grid[keys.CURVE_SECOND_X] == 0)]["y"].item()
+    along = surfaced[(surfaced["series"] == "direction 0") & (surfaced["x"] == 0)]["y"].item()
+    assert centre == pytest.approx(along, rel=1e-5) and surfaced[keys.CURVE_SECOND_X].isna().sum() == 10
 
 
 def test_a_run_without_weights_or_with_another_networks_is_a_failed_analysis_and_a_line_on_the_page(store):
@@ -183,6 +259,15 @@ def _rows(run, model, shortcut, seed, analysis, points):
              "start_time": 0, "series": s, "x": x, "y": y} for s, x, y in points]
 
 
+def _table_and_trained_runs(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The analyses' table from ``rows``, and a stand-in for the training runs they measured."""
+    table = pd.DataFrame(rows)
+    frame = pd.DataFrame({"run_id": [f"t-{r}" for r in table["run_id"].unique()], "model": "plain56",
+                          "shortcut": "none", "seed": 0, "status": keys.STATUS_FINISHED, "epoch": 1.0,
+                          "train_error": 50.0, "final_train_error": 50.0})
+    return table, frame
+
+
 def test_the_sections_numbers_and_verdicts_come_from_the_analysis_runs():
     rows = []
     costs = {("plain56", "none"): (40.0, 44.0, 48.0), ("resnet56", "A"): (2.0, 3.0, 7.0)}
@@ -194,10 +279,7 @@ def test_the_sections_numbers_and_verdicts_come_from_the_analysis_runs():
             correlation = {"plain56": 0.2 + 0.1 * seed, "resnet56": 0.8 + 0.05 * seed}[model]
             rows += _rows(f"s{model}{seed}", model, shortcut, seed, "shattering",
                           [("init", 1, correlation), ("init", 2, correlation / 2)])
-    table = pd.DataFrame(rows)
-    frame = pd.DataFrame({"run_id": [f"t-{r}" for r in table["run_id"].unique()], "model": "plain56",
-                          "shortcut": "none", "seed": 0, "status": keys.STATUS_FINISHED, "epoch": 1.0,
-                          "train_error": 50.0, "final_train_error": 50.0})
+    table, frame = _table_and_trained_runs(rows)
     view = why_shortcuts.section(table, frame)
     lesioned = view["parts"]["lesion"]
     assert lesioned["table"]["rows"][0][:3] == ["plain-56", "20.00 ± 0.00", "44.00 ± 4.00"]
@@ -211,6 +293,32 @@ def test_the_sections_numbers_and_verdicts_come_from_the_analysis_runs():
     assert when == "at initialisation" and verdict.answer == "Yes"
     assert verdict.difference.differences == pytest.approx((0.6, 0.55, 0.5))
     assert view["seconds"] == {"lesion": "12", "shattering": "12"} and view["failures"] == []
+
+
+def test_the_surface_part_judges_the_curves_and_draws_the_grid_as_a_contour():
+    rows = []
+    rises = {("plain56", "none"): (1.0, 1.5, 2.0), ("resnet56", "A"): (0.2, 0.3, 0.4)}
+    for (model, shortcut), per_seed in rises.items():
+        for seed, rise in enumerate(per_seed):
+            curve = [(f"direction {d}", a, 1.0 + rise * (2 * a) ** 2) for d in (0, 1) for a in (-0.5, 0.0, 0.5)]
+            rows += _rows(f"{model}{seed}", model, shortcut, seed, "surface", curve)
+            if seed == 0:  # a grid far steeper than the curves: it must not enter their numbers
+                for beta in (-0.5, 0.0, 0.5):
+                    points = [(keys.CURVE_GRID_SERIES, a, 100.0 * (a + beta)) for a in (-0.5, 0.0, 0.5)]
+                    rows += [{**row, keys.CURVE_SECOND_X: beta}
+                             for row in _rows(f"{model}{seed}", model, shortcut, seed, "surface", points)]
+    table, frame = _table_and_trained_runs(rows)
+    view = why_shortcuts.section(table, frame)
+    surfaced = view["parts"]["surface"]
+    assert [row[:2] for row in surfaced["table"]["rows"]] == [["plain-56", "1.50 ± 0.50"],
+                                                              ["ResNet-56 (A)", "0.30 ± 0.10"]]
+    (_, verdict), = surfaced["verdicts"]
+    assert verdict.difference.differences == pytest.approx((0.8, 1.2, 1.6))
+    assert surfaced["contour"].name == "loss-surface-2d"
+    assert [figure.name for figure in why_shortcuts.figures(view)] == ["loss-surface", "loss-surface-2d"]
+    without = why_shortcuts.section(table[table["series"] != keys.CURVE_GRID_SERIES], frame)
+    assert without["parts"]["surface"]["contour"] is None
+    assert without["parts"]["surface"]["table"] == surfaced["table"]
 
 
 # --------------------------------------------------------------------------------------------

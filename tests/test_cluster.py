@@ -49,7 +49,11 @@ profiles:
   smoke:
     seeds: [0]
     settings: {{epochs: {EPOCHS}, batch_size: 32, train_subset: 128, test_subset: 64, threads: 1}}
+    analyses: {{shattering: [init]}}
+    analysis_settings: {{shattering_lines: 1, shattering_points: 16, shattering_max_lag: 4,
+                         shattering_calibration_images: 32}}
 """
+ANALYSED = ["shattering-plain18-s0", "shattering-resnet18-A-s0"]
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +225,7 @@ def test_a_study_on_slurm_survives_preemption_and_cancellation_and_reports_from_
     jobs = dict(line.split()[1:6:4] for line in detached.stdout.splitlines() if line.strip().startswith("submit"))
     assert set(jobs) == {"plain18-s0", "resnet18-A-s0"}, detached.stdout  # cell -> job id, one job each
     assert "detached" in detached.stdout
+    assert "the analyses of the finished runs go to Slurm once every cell has finished" in detached.stdout
 
     # Both cells a few epochs in: preempt one job the way Slurm and submitit do (SIGTERM, then the
     # USR2 warning; here the warning only once the cells have stopped, the latest it may come), and
@@ -262,10 +267,14 @@ def test_a_study_on_slurm_survives_preemption_and_cancellation_and_reports_from_
 
     again = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert f"queued   plain18-s0 (Slurm job {preempted}" in again.stdout  # not submitted twice
-    resubmitted = [line for line in again.stdout.splitlines() if line.strip().startswith("submit")]
+    # The cells, then their analyses (the profile's shattering at initialisation) as Slurm jobs of their own.
+    trained, analysed = again.stdout.split("profile smoke" + keys.ANALYSES_PROFILE_SUFFIX, 1)
+    assert f"queued   plain18-s0 (Slurm job {preempted}" in trained  # not submitted twice
+    resubmitted = [line for line in trained.splitlines() if line.strip().startswith("submit")]
     assert len(resubmitted) == 1 and "resnet18-A-s0" in resubmitted[0], again.stdout
-    assert "finished" in again.stdout and "2 finished now" in again.stdout
+    assert "2 finished now" in trained and "2 finished now" in analysed, again.stdout
+    assert [line.split()[1].rstrip(",") for line in analysed.splitlines() if line.strip().startswith("submit")] == \
+        ANALYSED and "on the CPU" in analysed.splitlines()[0], again.stdout  # one cell a job, no GPU
 
     client, experiment, found = _runs(uri, "two")
     cells = [run for run in found if run.data.tags.get(keys.ROLE_TAG) == keys.ROLE_CELL]
@@ -276,6 +285,14 @@ def test_a_study_on_slurm_survives_preemption_and_cancellation_and_reports_from_
         history = client.get_metric_history(run.info.run_id, "train_error")
         assert sorted(point.step for point in history) == list(range(1, EPOCHS + 1))  # complete, none twice
         assert run.data.metrics["step"] == EPOCHS * 4
+    measurements = {run.info.run_name: run for run in found if run.data.tags.get(keys.ROLE_TAG) == keys.ROLE_ANALYSIS}
+    assert sorted(measurements) == ANALYSED
+    for name, run in measurements.items():
+        assert run.info.status == "FINISHED"
+        curve = Path(client.download_artifacts(run.info.run_id, "shattering.csv", str(tmp_path)))
+        lag1 = curve.read_text().splitlines()[1].split(",")  # series, x, y
+        assert lag1[:2] == ["init", "1"] and run.data.metrics["shattering_lag1_init"] == pytest.approx(float(lag1[2]))
+        assert run.data.tags[keys.MEASURED_RUN_TAG] == before[name.removeprefix("shattering-")].info.run_id
     log = (runs_dir / "two" / "plain18-s0.log").read_text()
     assert "resuming plain18-s0 at epoch" in log
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # made through the server
@@ -300,9 +317,9 @@ def test_a_study_on_slurm_survives_preemption_and_cancellation_and_reports_from_
     assert f"{uri}/#/experiments/{experiment.experiment_id}/runs/{cells[0].info.run_id}" in page.replace("&amp;", "&")
 
     rerun = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0 and "nothing to submit" in rerun.stdout
+    assert rerun.returncode == 0 and rerun.stdout.count("nothing to submit") == 2, rerun.stdout
     done = [line.split()[1] for line in rerun.stdout.splitlines() if line.startswith("  done     ")]
-    assert done == ["plain18-s0", "resnet18-A-s0"]
+    assert done == ["plain18-s0", "resnet18-A-s0"] + ANALYSED
 
 
 def test_an_imagenet_cell_runs_as_a_two_task_slurm_job_into_one_run_and_one_notebook(services, tmp_path, monkeypatch):

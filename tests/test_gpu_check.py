@@ -12,12 +12,12 @@ import pytest
 from conftest import ROOT
 
 SCRIPT = ROOT / "tests" / "gpu" / "check.sh"
-STEPS = ["environment", "graph", "bench", "study", "science", "imagenet-bench", "imagenet-cell"]
+STEPS = ["environment", "graph", "bench", "study", "science", "surface-grid", "imagenet-bench", "imagenet-cell"]
 
 
 def _gpu_budgets() -> dict[str, int]:
     line = next(line for line in SCRIPT.read_text().splitlines()
-                if line.strip().startswith("steps=(environment:") and "imagenet-cell:60)" in line)
+                if line.strip().startswith("steps=(environment:") and "imagenet-cell:55)" in line)
     return {step: int(cap) for step, cap in re.findall(r"([\w-]+):(\d+)", line)}
 
 
@@ -33,7 +33,7 @@ def test_an_unknown_argument_is_refused_with_the_legal_ones():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # seven steps, each a few processes (about 2 minutes here)
+@pytest.mark.timeout(900)  # eight steps, each a few processes (about 2 minutes here)
 def test_the_cpu_mode_runs_every_step_and_writes_one_json_and_the_files(tmp_path):
     environment = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
     environment.pop("MLFLOW_TRACKING_URI", None)
@@ -71,6 +71,9 @@ def test_the_cpu_mode_runs_every_step_and_writes_one_json_and_the_files(tmp_path
     assert (round(reference["mean"], 2), round(reference["low"], 2), round(reference["high"], 2)) == (
         34.67, 26.31, 43.03)
     assert science["same_answers_as_cpu_reference"]["cifar-degradation"] is False
+    grid = steps["surface-grid"]["result"]
+    assert (grid["measured"], grid["device"], grid["grid_side"], grid["grid_points"]) == ("plain56-s0", "cpu", 3, 9)
+    assert 0 < grid["loss_lowest"] <= grid["loss_highest"] and grid["analysis_seconds"] > 0
     assert set(steps["imagenet-bench"]["result"]["input_paths_images_per_second"]) == {
         "reference", "ours-pil", "ours-decode"}
     assert steps["imagenet-bench"]["result"]["training_per_gpu"] is None  # needs CUDA

@@ -81,16 +81,35 @@ def measure(config: AnalysisConfig, tracking_uri: str | None = None) -> tuple[li
             rows += [{"series": moment, "x": lag, "y": value} for lag, value in enumerate(curve, start=1)]
             numbers[f"shattering_lag1_{moment}"] = curve[0]
         else:
-            images = normalise(data.train_images[:config.surface_images], torch.float32)
-            labels = data.train_labels[:config.surface_images]
+            device = measuring_device(config)
+            model = model.to(device)
+            images = normalise(data.train_images[:config.surface_images], torch.float32).to(device)
+            labels = data.train_labels[:config.surface_images].to(device)
+            # Drawn on the CPU whatever the device: the same directions for the same seed anywhere.
             generator = torch.Generator().manual_seed(config.seed)
             directions = [surface.filter_normalised_direction(model, generator)
                           for _ in range(config.surface_directions)]
-            alphas = [-1 + 2 * i / (config.surface_points - 1) for i in range(config.surface_points)]
-            found = surface.loss_curve(model, images, labels, alphas, directions)
+            found = surface.loss_curve(model, images, labels, axis(config.surface_points), directions)
             rows += [{"series": f"direction {r['direction']}", "x": r["alpha"], "y": r["loss"]} for r in found]
             numbers.update({f"surface_{k}": v for k, v in surface.roughness(found).items()})
+            if config.surface_grid:
+                grid = surface.loss_grid(model, images, labels, axis(config.surface_grid), *directions[:2])
+                rows += [{"series": keys.CURVE_GRID_SERIES, "x": r["alpha"], keys.CURVE_SECOND_X: r["beta"],
+                          "y": r["loss"]} for r in grid]
     return rows, numbers
+
+
+def axis(points: int) -> list[float]:
+    """``points`` steps from -1 to 1, 0 among them when ``points`` is odd."""
+    return [-1 + 2 * i / (points - 1) for i in range(points)]
+
+
+def measuring_device(config: AnalysisConfig) -> torch.device:
+    """``config.device``, or the CPU where it asks for a GPU this machine does not have (a clean fallback)."""
+    if config.device == "cuda" and not torch.cuda.is_available():
+        print(f"{config.run_name}: no CUDA GPU here; measuring on the CPU", flush=True)
+        return torch.device("cpu")
+    return torch.device(config.device)
 
 
 def analyse(config: AnalysisConfig, tracking_uri: str | None = None, parent_run_id: str | None = None) -> str:
@@ -124,7 +143,8 @@ def analyse(config: AnalysisConfig, tracking_uri: str | None = None, parent_run_
 
 def curve_csv(rows: list[dict]) -> bytes:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["series", "x", "y"])
+    fields = ["series", "x", "y"] + ([keys.CURVE_SECOND_X] if any(keys.CURVE_SECOND_X in row for row in rows) else [])
+    writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue().encode()
@@ -132,4 +152,6 @@ def curve_csv(rows: list[dict]) -> bytes:
 
 def read_curve(path: str | Path) -> list[dict]:
     with open(path, newline="") as handle:
-        return [{"series": r["series"], "x": float(r["x"]), "y": float(r["y"])} for r in csv.DictReader(handle)]
+        return [{"series": r["series"], "x": float(r["x"]), "y": float(r["y"]),
+                 **({keys.CURVE_SECOND_X: float(r[keys.CURVE_SECOND_X])} if r.get(keys.CURVE_SECOND_X) else {})}
+                for r in csv.DictReader(handle)]

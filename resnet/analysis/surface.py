@@ -60,6 +60,25 @@ def loss_curve(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, alp
     return rows
 
 
+@torch.no_grad()
+def loss_grid(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, alphas: list[float],
+              first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> list[dict[str, float]]:
+    """The loss at ``weights + alpha * first + beta * second`` for every alpha and beta of ``alphas`` (Li et al.'s
+    2-D plots, Figure 5), the weights restored afterwards: rows of (alpha, beta, loss)."""
+    weights = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    rows = []
+    try:
+        for alpha in alphas:
+            for beta in alphas:
+                for name, parameter in model.named_parameters():
+                    parameter.copy_(weights[name] + alpha * first[name] + beta * second[name])
+                rows.append({"alpha": alpha, "beta": beta, "loss": loss_at(model, images, labels)})
+    finally:
+        for name, parameter in model.named_parameters():
+            parameter.copy_(weights[name])
+    return rows
+
+
 def roughness(rows: list[dict[str, float]]) -> dict[str, float]:
     """Two numbers for a 1-D curve, averaged over directions: how far the loss rises at alpha = +-0.5 above its
     value at 0 (sharpness), and how many times the curve's second difference changes sign (non-convexity:

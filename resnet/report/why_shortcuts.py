@@ -18,7 +18,7 @@ from .results import ZERO_INIT_A, final_training_errors, label
 from .statistics import Measure, judge, summarise
 
 ANALYSIS_COLUMNS = ["run_id", "analysis", "measured_run", "model", "shortcut", "seed", "status", "failure_reason",
-                    "analysis_seconds", "start_time", "series", "x", "y"]
+                    "analysis_seconds", "start_time", "series", "x", "y", keys.CURVE_SECOND_X]
 PLAIN, A = "none", "A"
 # What each cited paper claims, beside our measurement on the page.
 CLAIMS = {
@@ -71,8 +71,12 @@ def analyses_csv_path(metrics_csv: str | Path) -> Path:
 
 
 def read_analyses_csv(path: str | Path) -> pd.DataFrame:
+    """An analyses CSV as ``collect_analyses`` returns it (one written before the loss-surface grid has no
+    second coordinate)."""
+    blank = {"x": [""], "y": [""], keys.CURVE_SECOND_X: [""]}
     return pd.read_csv(path, dtype={"shortcut": str, "run_id": str, "measured_run": str, "series": str,
-                                    "failure_reason": str}, keep_default_na=False, na_values={"x": [""], "y": [""]})
+                                    "failure_reason": str}, keep_default_na=False,
+                       na_values=blank).reindex(columns=ANALYSIS_COLUMNS)
 
 
 def newest(analyses: pd.DataFrame) -> pd.DataFrame:
@@ -241,6 +245,8 @@ def _lesion(points: pd.DataFrame, frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def _surface(points: pd.DataFrame, frame: pd.DataFrame) -> dict[str, Any]:
+    grid = points[points["series"] == keys.CURVE_GRID_SERIES]
+    points = points[points["series"] != keys.CURVE_GRID_SERIES]
     networks = _networks(points)
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(networks), figsize=(5.2 * len(networks), 3.8), sharey=True, squeeze=False)
@@ -261,9 +267,39 @@ def _surface(points: pd.DataFrame, frame: pd.DataFrame) -> dict[str, Any]:
     verdict = _verdict(points, "surface", rise_at_half, form, ("resnet56", A), ("plain56", PLAIN), "worse")
     rows = [[label(*n), str(summarise(per_seed(points, "surface", rise_at_half)(None, *n))), _trained_at(frame, n)]
             for n in networks]
-    return {"figure": drawn, "table": {"header": ["network", "loss rise at alpha = +-0.5", "final train error (%)"],
-                                       "rows": rows}, "verdicts": [("", verdict)] if verdict else []}
+    return {"figure": drawn, "contour": _contour(grid) if not grid.empty else None,
+            "table": {"header": ["network", "loss rise at alpha = +-0.5", "final train error (%)"], "rows": rows},
+            "verdicts": [("", verdict)] if verdict else []}
+
+
+def _contour(grid: pd.DataFrame) -> Figure:
+    """Li et al.'s Figure 5: the loss over the plane of the first two directions, one panel per network (its
+    lowest seed), the same contour levels in every panel (from the lowest loss to the 90th percentile of all)."""
+    import numpy as np
+
+    networks = _networks(grid)
+    levels = np.linspace(grid["y"].min(), max(grid["y"].quantile(0.9), grid["y"].min() + 1e-6), 21)
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(networks), figsize=(4.6 * len(networks), 4.2), squeeze=False)
+    for axis, network in zip(axes[0], networks):
+        rows = grid[(grid["model"] == network[0]) & (grid["shortcut"] == network[1])]
+        seed = rows["seed"].min()
+        plane = rows[rows["seed"] == seed].pivot_table(index=keys.CURVE_SECOND_X, columns="x", values="y")
+        filled = axis.contourf(plane.columns, plane.index, plane.to_numpy(), levels=levels, cmap="viridis",
+                               extend="max")
+        axis.contour(plane.columns, plane.index, plane.to_numpy(), levels=levels, colors="white", linewidths=0.4)
+        axis.plot([0], [0], marker="+", color="red", markersize=10)
+        axis.set_title(f"{label(*network)}, seed {seed}")
+        axis.set_xlabel("alpha (first direction)")
+        axis.set_aspect("equal")
+    axes[0][0].set_ylabel("beta (second direction)")
+    figure.colorbar(filled, ax=list(axes[0]), label="training loss", shrink=0.85)
+    return _render(figure, "loss-surface-2d", "The loss surface in two dimensions (Li et al. 2018, Figure 5): "
+                   "training loss at the final weights (red cross) plus alpha and beta times the first two "
+                   "filter-normalised directions, the same levels in both panels (losses above the top level in "
+                   "its colour); the lowest seed of each network.")
 
 
 def figures(section_view: dict[str, Any] | None) -> list[Figure]:
-    return [part["figure"] for part in (section_view or {}).get("parts", {}).values()]
+    parts = (section_view or {}).get("parts", {}).values()
+    return [figure for part in parts for figure in (part["figure"], part.get("contour")) if figure is not None]

@@ -6,13 +6,15 @@ of the analysis's fingerprint) is skipped; a failed or interrupted one runs agai
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..analysis_config import DEEPEST_ONLY, WITH_ABLATION, AnalysisConfig
 from ..config import TrainConfig
 from ..tracking import keys
 from .local import run_study
-from .plan import SKIPPED, TRAINED, StudyOutcome
+from .plan import SKIPPED, TRAINED, StudyOutcome, visible_gpus
+from .slurm import submit_study
 from .spec import Cell, Study
 
 ANALYSIS_NOTEBOOK = "analyse.ipynb"
@@ -39,19 +41,37 @@ def analysis_cells(study: Study, outcome: StudyOutcome) -> list[Cell]:
                 continue
             if config.zero_init_residual and not WITH_ABLATION[analysis]:
                 continue
-            measured = AnalysisConfig.for_run(analysis, config, trained.run_id, moments)
+            measured = AnalysisConfig.for_run(analysis, config, trained.run_id, moments,
+                                              dict(study.analysis_settings))
             name = f"{analysis}-{trained.cell.name}"
             measured = replace(measured, run_name=name, cell=name)
             cells.append(Cell(name, {**measured.to_dict()}, measured, None, ANALYSIS_NOTEBOOK))
     return cells
 
 
-def run_analyses(study: Study, outcome: StudyOutcome, *, jobs: int | None = None,
-                 tracking_uri: str | None = None) -> StudyOutcome | None:
-    """Measure ``outcome``'s finished runs as ``study``'s profile asks (None where it asks for nothing)."""
+def run_analyses(study: Study, outcome: StudyOutcome, *, jobs: int | None = None, tracking_uri: str | None = None,
+                 slurm: SlurmRoute | None = None) -> StudyOutcome | None:
+    """Measure ``outcome``'s finished runs as ``study``'s profile asks (None where it asks for nothing): here,
+    or as Slurm jobs where ``slurm`` says how (the study's own cells ran there)."""
     cells = analysis_cells(study, outcome) if study.analyses else []
     if not cells:
         return None
     analyses = replace(study, profile=study.profile + keys.ANALYSES_PROFILE_SUFFIX, cells=tuple(cells),
                        profile_description=f"the analyses of profile {study.profile}'s finished runs")
-    return run_study(analyses, jobs=jobs, gpus=[], tracking_uri=tracking_uri)
+    # On the CPU, unless a loss-surface grid wants a GPU (AnalysisConfig.device_type).
+    wants_gpu = any(cell.config.surface_grid for cell in cells)
+    if slurm is not None:
+        options = slurm.options if wants_gpu else {"gpus_per_node": 0, **slurm.options}
+        return submit_study(analyses, tracking_uri=tracking_uri, cells_per_job=slurm.cells_per_job, options=options,
+                            detach=slurm.detach)
+    return run_study(analyses, jobs=jobs, gpus=visible_gpus() if wants_gpu else [], tracking_uri=tracking_uri)
+
+
+@dataclass(frozen=True)
+class SlurmRoute:
+    """How the study's cells went to Slurm (``--cells-per-job``, ``--slurm``, ``--detach``): its analyses go the
+    same way, in jobs without a GPU unless a loss-surface grid wants one or ``options`` ask for one."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    cells_per_job: int | None = None
+    detach: bool = False

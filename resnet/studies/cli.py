@@ -24,9 +24,9 @@ import yaml
 from ..data import DataError
 from ..tracking import keys, store
 from . import budget
-from .analyses import run_analyses
+from .analyses import SlurmRoute, run_analyses
 from .local import run_study, usable_cores
-from .plan import kept_steps, visible_gpus
+from .plan import StudyOutcome, kept_steps, visible_gpus
 from .slurm import submit_study
 from .spec import CELLS_PER_GPU, Study, StudyError, available_studies, load_study
 
@@ -138,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED_EXIT
     if outcome.interrupted:
         return INTERRUPTED_EXIT
-    if args.executor == "local" and study.analyses:
-        analysed = run_analyses(study, outcome, jobs=args.jobs, tracking_uri=args.tracking_uri)
+    if study.analyses and args.executor == "slurm" and _cells_still_running(outcome):
+        print("\nthe analyses of the finished runs go to Slurm once every cell has finished: rerun the same command "
+              "then", flush=True)
+    elif study.analyses:
+        route = SlurmRoute(slurm_pairs, args.cells_per_job, args.detach) if args.executor == "slurm" else None
+        analysed = run_analyses(study, outcome, jobs=args.jobs, tracking_uri=args.tracking_uri, slurm=route)
         if analysed is not None and analysed.interrupted:
             return INTERRUPTED_EXIT
         if analysed is not None and analysed.failed:
@@ -152,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         if outcome.interrupted:
             return INTERRUPTED_EXIT
     return 1 if outcome.failed else 0
+
+
+def _cells_still_running(outcome: StudyOutcome) -> bool:
+    """Whether a Slurm study returned before its cells ended (``--detach``): a cell without an outcome yet."""
+    return len(outcome.cells) < len(outcome.study.cells)
 
 
 def _wants_precision_control(study: Study, on_this_cpu: bool) -> bool:

@@ -17,7 +17,7 @@ from ..analysis.run import read_curve
 from ..analysis_config import AnalysisConfig
 from ..config import ConfigError, TrainConfig
 from ..imagenet_config import ImageNetConfig
-from ..tracking import store
+from ..tracking import keys, store
 from ..training.imagenet_loop import train_imagenet
 from ..training.loop import TrainResult, train
 
@@ -102,13 +102,20 @@ def show_analysis(run_id: str, tracking_uri: str | None = None):
     name = run.data.params["analysis"]
     with tempfile.TemporaryDirectory() as folder:
         rows = read_curve(client.download_artifacts(run_id, f"{name}.csv", folder))
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    for series in dict.fromkeys(r["series"] for r in rows):
+    grid = [r for r in rows if r["series"] == keys.CURVE_GRID_SERIES]
+    figure, axes = plt.subplots(1, 2 if grid else 1, figsize=(11 if grid else 6, 3.5), squeeze=False)
+    axis = axes[0][0]
+    for series in dict.fromkeys(r["series"] for r in rows if r["series"] != keys.CURVE_GRID_SERIES):
         points = [(r["x"], r["y"]) for r in rows if r["series"] == series]
         axis.plot(*zip(*points), marker=".", linewidth=1, label=series)
     axis.set_title(f"{run.info.run_name}")
     axis.grid(alpha=0.3)
     axis.legend()
+    if grid:  # the loss surface's 2-D grid (Li et al. 2018, Figure 5)
+        contour = axes[0][1].tricontour([r["x"] for r in grid], [r[keys.CURVE_SECOND_X] for r in grid],
+                                        [r["y"] for r in grid], levels=20)
+        axes[0][1].clabel(contour, fontsize=7)
+        axes[0][1].set_title("training loss over the first two directions")
     figure.tight_layout()
     return figure, {k: round(v, 4) for k, v in run.data.metrics.items()}
 

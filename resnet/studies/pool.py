@@ -276,7 +276,9 @@ EPOCH_SPEED = re.compile(r"([\d,.]+) img/s")  # in an epoch line: "... 258 img/s
 def _launch(cell: Cell, output_dir: Path, uri: str, parent: str, gpu: int | None, threads: int | None = None):
     parameters = {**cell.parameters, "precision": cell.config.precision, "tracking_uri": uri, "parent_run_id": parent,
                   "progress": False}
-    if gpu is not None and isinstance(cell.config, TrainConfig):
+    if isinstance(cell.config, AnalysisConfig):
+        parameters["device"] = cell.config.device  # as plan resolved it: the GPU only for a loss-surface grid
+    elif gpu is not None and isinstance(cell.config, TrainConfig):
         parameters["device"] = "cuda"
     if (threads is not None and isinstance(cell.config, (TrainConfig, AnalysisConfig))
             and cell.parameters.get("threads") is None):

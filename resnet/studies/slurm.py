@@ -31,6 +31,8 @@ from typing import Any
 
 from ..paths import runs_dir as default_runs_dir
 from ..tracking import keys, store
+from .budget import threads_per_cell
+from .local import usable_cores
 from .notebook import run_imagenet
 from .plan import (
     FAILED,
@@ -118,8 +120,10 @@ class StudyShard:
         gpus = visible_gpus()
         experiment = store.experiment_id(self.study.name, self.uri)
         outcomes, pending = plan(shard, gpus, self.uri, experiment)
+        # On a job without GPUs (the analyses') each cell gets its share of the job's cores, as locally.
+        threads = None if gpus else threads_per_cell(usable_cores(), self.jobs, len(pending))
         self._pool = CellPool(self.uri, experiment, self.parent, self.jobs, gpus,
-                              output_dir=Path(self.runs_dir) / self.study.name)
+                              output_dir=Path(self.runs_dir) / self.study.name, threads=threads)
         outcomes.update(self._pool.run(pending, progress=False))
         if self._pool.interrupted:
             # Stopped by SIGTERM. On preemption the warning may follow (submitit's convention: TERM,

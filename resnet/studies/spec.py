@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from ..analysis_config import ANALYSES, AT_END, AT_INITIALISATION
-from ..config import ABLATION_SETTINGS, ConfigError, TrainConfig
+from ..analysis_config import ANALYSES, AT_END, AT_INITIALISATION, AnalysisConfig, applies, size_settings
+from ..config import ABLATION_SETTINGS, ConfigError, TrainConfig, from_mapping
 from ..imagenet_config import ImageNetConfig
 from ..paths import project_root
 
@@ -21,8 +21,9 @@ STUDY_KEYS = {"description", "dataset", "defaults", "grid", "profiles", "default
 # (``models``), whether it runs the grid's ablations (``ablations``, default true: cells that set one of
 # ``config.ABLATION_SETTINGS``), how many cells run at once (``jobs``) where the command line does not say, and
 # which analyses of its finished runs it makes (``analyses``: a map of analysis to the moments it measures,
-# ``{shattering: [init, final], lesion: [final]}``; ``studies.analyses``).
-PROFILE_KEYS = {"description", "seeds", "settings", "models", "ablations", "jobs", "analyses"}
+# ``{shattering: [init, final], lesion: [final]}``; ``studies.analyses``) at which sizes where not the defaults
+# (``analysis_settings``: ``{surface_grid: 31}``, names from ``analysis_config.size_settings``).
+PROFILE_KEYS = {"description", "seeds", "settings", "models", "ablations", "jobs", "analyses", "analysis_settings"}
 LIST_VALUED_PARAMETERS = {"milestones"}  # a list here is one value, not a set of alternatives
 # A batch-128 CIFAR run leaves a large GPU mostly idle: the local executor puts this many cells on
 # each GPU at once, and each Slurm job (one GPU) runs this many at once.
@@ -67,6 +68,7 @@ class Study:
     definition: dict[str, Any]
     jobs: int | None = None  # the profile's cells at once, unless the command line says
     analyses: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (analysis, moments) of its finished runs
+    analysis_settings: tuple[tuple[str, Any], ...] = ()  # (name, value): the analyses' sizes, where not defaults
 
 
 def _read_definition(name: str, folder: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -177,7 +179,8 @@ def load_study(name: str, profile: str | None = None, data: str | None = None, f
                 cells.append(Cell(cell_name, parameters, config, error, notebook))
     return Study(name, profile, str(definition.get("description", "")).strip(),
                  str(chosen.get("description", "")).strip(), tuple(cells), definition, jobs,
-                 _analyses(profile, chosen.get("analyses")))
+                 _analyses(profile, chosen.get("analyses")),
+                 _analysis_settings(profile, chosen.get("analysis_settings")))
 
 
 def _analyses(profile: str, given: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -195,3 +198,21 @@ def _analyses(profile: str, given: Any) -> tuple[tuple[str, tuple[str, ...]], ..
         if analysis != "shattering" and moments != [AT_END]:
             raise StudyError(f"profile {profile!r}: the {analysis} measures trained networks only: [{AT_END}]")
     return tuple((analysis, tuple(moments)) for analysis, moments in given.items())
+
+
+def _analysis_settings(profile: str, given: Any) -> tuple[tuple[str, Any], ...]:
+    """A profile's ``analysis_settings``, each checked as the analysis it applies to takes it."""
+    if given is None:
+        return ()
+    legal = ", ".join(size_settings())
+    if not isinstance(given, dict) or not set(given) <= set(size_settings()):
+        unknown = sorted(set(given) - set(size_settings())) if isinstance(given, dict) else given
+        raise StudyError(f"profile {profile!r}: analysis_settings must be a map of measurement sizes ({legal}), "
+                         f"such as {{surface_grid: 31}}; got {unknown!r}")
+    for analysis in ANALYSES:
+        own = {key: value for key, value in given.items() if applies(key, analysis)}
+        try:
+            from_mapping(AnalysisConfig, {"analysis": analysis, "measured_run": "checked", **own})
+        except ConfigError as error:
+            raise StudyError(f"profile {profile!r}: analysis_settings: {error}") from None
+    return tuple(given.items())

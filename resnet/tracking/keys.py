@@ -22,6 +22,10 @@ ROLE_CELL = "cell"
 ROLE_ANALYSIS = "analysis"  # a measurement of a trained cell's network (resnet.analysis), not a training run
 ANALYSIS_TAG = "analysis"  # lesion | shattering | surface
 MEASURED_RUN_TAG = "measured_run"  # the run id of the training run an analysis measured
+# An analysis's curve is rows of (series, x, y); the loss surface's 2-D grid is the series CURVE_GRID_SERIES
+# with its second coordinate (beta, along the second direction) in the column CURVE_SECOND_X.
+CURVE_GRID_SERIES = "grid"
+CURVE_SECOND_X = "x2"
 STUDY_TAG = "study"
 PROFILE_TAG = "profile"
 # A profile that controls another's runs rather than standing alone (experiments/cifar-depth.yaml): the first

@@ -10,11 +10,12 @@
 # The caps add up to 8 minutes on the GPU (the whole loan is 15, start-up included):
 #   a. environment      30 s   torch, CUDA, cuDNN, driver, the GPU and its memory; CIFAR-10 decoded into the cache
 #   b. graph            40 s   the CIFAR step captured in a CUDA graph equals the eager step after 50 steps
-#      bench            55 s   make bench: the seed-style loop against ours, ResNet-18 and ResNet-34
+#      bench            50 s   make bench: the seed-style loop against ours, ResNet-18 and ResNet-34
 #   c. study            75 s   the smoke study through papermill on cuda, then the report from its runs
-#   d. science         160 s   cifar-depth's cpu-long cells (12 of them, 2,000 iterations) and their verdicts
-#   e. imagenet-bench   60 s   make bench MODE=imagenet: input paths, training per GPU at 224
-#      imagenet-cell    60 s   one ImageNet cell through torchrun, NCCL and DDP at world size 1, 2 epochs
+#   d. science         150 s   cifar-depth's cpu-long cells (12 of them, 2,000 iterations) and their verdicts
+#      surface-grid     25 s   the loss surface's 31 x 31 grid (the GPU profiles' contour) of one plain-56, on cuda
+#   e. imagenet-bench   55 s   make bench MODE=imagenet: input paths, training per GPU at 224
+#      imagenet-cell    55 s   one ImageNet cell through torchrun, NCCL and DDP at world size 1, 2 epochs
 # A step past its cap gets SIGTERM, as the study pool's stop (its cells marked KILLED), and SIGKILL 30 s later.
 # make test runs the --cpu mode (tests/test_gpu_check.py), so its flags, paths and keys are checked on every commit.
 set -uo pipefail
@@ -44,9 +45,9 @@ fi
 mkdir -p "$out" "$work/logs"
 
 if [ "$mode" = gpu ]; then
-    steps=(environment:30 graph:40 bench:55 study:75 science:160 imagenet-bench:60 imagenet-cell:60)
+    steps=(environment:30 graph:40 bench:50 study:75 science:150 surface-grid:25 imagenet-bench:55 imagenet-cell:55)
 else
-    steps=(environment:60 graph:60 bench:120 study:180 science:240 imagenet-bench:120 imagenet-cell:120)
+    steps=(environment:60 graph:60 bench:120 study:180 science:240 surface-grid:120 imagenet-bench:120 imagenet-cell:120)
 fi
 started=$(date +%s)
 for entry in "${steps[@]}"; do

@@ -171,6 +171,37 @@ def science(args) -> dict:
     return result
 
 
+def surface_grid(args) -> dict:
+    """d. The loss surface's 2-D grid (Li et al. 2018, Figure 5; the GPU profiles' contour) of one of science's
+    trained plain-56 runs, measured on the device through the analysis's own code, logged as an analysis run."""
+    from resnet.analysis.run import analyse, read_curve
+    from resnet.analysis_config import AnalysisConfig
+    from resnet.tracking import keys, store
+
+    trained = [run for run in _cell_runs(args.uri, "cifar-depth")
+               if run.data.params.get("model") == "plain56" and run.info.status == "FINISHED"]
+    _require(trained, "science left no finished plain-56 run to measure")
+    run, on_gpu = trained[0], args.mode == "gpu"
+    same = {key: run.data.params[key] for key in ("model", "shortcut", "stem", "seed", "data", "train_subset",
+                                                  "test_subset", "normalisation") if key in run.data.params}
+    sizes = {"surface_grid": 31} if on_gpu else {"surface_grid": 3, "surface_points": 3, "surface_images": 64}
+    config = AnalysisConfig.from_mapping({"analysis": "surface", "measured_run": run.info.run_id,
+                                          "study": "cifar-depth", "device": "cuda" if on_gpu else "cpu",
+                                          **same, **sizes})
+    started = time.perf_counter()
+    measured = analyse(config, args.uri)
+    seconds = time.perf_counter() - started
+    client = store.client(args.uri)
+    rows = read_curve(client.download_artifacts(measured, "surface.csv", str(args.work)))
+    grid = [row["y"] for row in rows if row["series"] == keys.CURVE_GRID_SERIES]
+    result = {"measured": run.info.run_name, "device": "cuda" if on_gpu and torch.cuda.is_available() else "cpu",
+              "grid_side": config.surface_grid, "grid_points": len(grid), "seconds": round(seconds, 1),
+              "analysis_seconds": client.get_run(measured).data.metrics.get("analysis_seconds"),
+              "loss_lowest": min(grid, default=None), "loss_highest": max(grid, default=None)}
+    _require(len(grid) == config.surface_grid ** 2, "the grid is not whole")
+    return result
+
+
 def imagenet_bench(args) -> dict:
     """e. ``make bench MODE=imagenet``: the input paths alone, and on a GPU training per GPU for ResNet-18/34
     at 224 against torchvision's reference loop."""
@@ -221,7 +252,7 @@ def imagenet_cell(args) -> dict:
 
 
 STEPS = {"environment": environment, "graph": graph, "bench": bench, "study": study, "science": science,
-         "imagenet-bench": imagenet_bench, "imagenet-cell": imagenet_cell}
+         "surface-grid": surface_grid, "imagenet-bench": imagenet_bench, "imagenet-cell": imagenet_cell}
 
 
 class StepFailed(Exception):
