@@ -1,5 +1,8 @@
-"""The project's set-up promises: environment.yml agrees with pyproject.toml; make prints help."""
+"""The project's set-up promises: environment.yml agrees with pyproject.toml; make prints help; the README's
+intervals stand on committed pages."""
 
+import html
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -38,3 +41,20 @@ def test_ci_runs_make_test_from_the_checkout_root(tmp_path):
     environment = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CALLED": str(tmp_path / "called")}
     subprocess.run(["bash", str(ROOT / ".ci/run")], cwd=tmp_path, env=environment, check=True)
     assert (tmp_path / "called").read_text() == f"{ROOT} test\n"
+
+
+def _words(text: str) -> str:
+    """``text`` as a reader sees it: HTML tags and entities gone, every run of white space one space."""
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", text)))
+
+
+def test_every_interval_the_readme_quotes_is_on_a_committed_page_or_console_log():
+    """Issue 27: a figure in the README stands on a committed source. Every 95% interval it quotes ([low, high])
+    appears, verbatim, on a page or in a console log under reports/reference/."""
+    readme = _words((ROOT / "README.md").read_text())
+    reference = ROOT / "reports" / "reference"
+    sources = [*reference.glob("*.html"), *(reference / "console").glob("*")]
+    committed = "\n".join(_words(path.read_text(errors="replace")) for path in sources)
+    quoted = re.findall(r"\[-?\d+\.\d+, -?\d+\.\d+\]", readme)
+    assert len(quoted) >= 40  # the verdicts of the CPU references, the control and the analyses
+    assert [interval for interval in quoted if interval not in committed] == []
