@@ -378,6 +378,39 @@ def test_a_new_cell_goes_to_the_gpu_with_the_fewest_running_cells(store, tmp_pat
     assert sorted(name for name, _, _ in launched) == sorted(cell.name for cell in study.cells)
 
 
+class _KernelDyingCell(_StubbedCell):
+    """A cell whose Jupyter kernel dies on start as papermill reports it: ``deaths`` launches of each cell."""
+
+    deaths: dict = {}
+
+    def __init__(self, command, env, **options):
+        super().__init__(command, env, **options)
+        name = self.launched[-1][0]
+        if self.deaths.get(name, 0) > 0:
+            self.deaths[name] -= 1
+            options["stdout"].write("RuntimeError: Kernel died before replying to kernel_info\n")
+            options["stdout"].flush()
+
+
+def test_a_cell_whose_kernel_died_on_start_is_launched_once_more_and_only_once(store, tmp_path, monkeypatch,
+                                                                                capsys):
+    from resnet.studies import pool
+
+    study = load_study(str(_write_study(tmp_path, "  - {model: [plain20, plain32]}")), "test")
+    monkeypatch.setattr(_StubbedCell, "launched", [])
+    monkeypatch.setattr(_StubbedCell, "threads", [])
+    monkeypatch.setattr(_StubbedCell, "lifetimes", [1] * 5)
+    monkeypatch.setattr(_KernelDyingCell, "deaths", {"plain20-s0": 1, "plain32-s0": 5})
+    monkeypatch.setattr(pool, "subprocess", types.SimpleNamespace(Popen=_KernelDyingCell, STDOUT=subprocess.STDOUT,
+                                                                  TimeoutExpired=subprocess.TimeoutExpired))
+    outcome = run_study(study, jobs=2, gpus=[], tracking_uri=store, output_dir=tmp_path / "runs", progress=False)
+    assert sorted(name for name, _, _ in _StubbedCell.launched) == ["plain20-s0", "plain20-s0", "plain32-s0",
+                                                                    "plain32-s0"]  # plain-32's second death ends it
+    printed = capsys.readouterr().out
+    assert printed.count("its Jupyter kernel died before it started; once more") == 2
+    assert [o.status for o in outcome.cells] == ["FAILED", "FAILED"]  # the stand-ins train nothing
+
+
 @pytest.mark.parametrize("study, expected", [("degradation", ("degradation", "full")),
                                              ("cifar-depth", ("cifar-depth", "full")),
                                              ("smoke", ("smoke", "smoke"))])

@@ -42,6 +42,13 @@ class _Running:
     gpu: int | None  # the one GPU it was given; None: every GPU here, or the CPU
     echoed: int = 0  # bytes of the log already looked at for epoch lines
     seen: set[str] = field(default_factory=set)  # the epoch lines passed on
+    restarted: bool = False  # launched again after its kernel died on start (KERNEL_START_FAILURE)
+
+
+# What papermill reports when the cell's Jupyter kernel died before it ran anything: kernels started at the
+# same moment on one machine can race for the same free ports (seen with two Slurm jobs starting together on
+# one node). Nothing of the cell has run, so it is launched once more.
+KERNEL_START_FAILURE = "Kernel died before replying to kernel_info"
 
 
 class CellPool:
@@ -103,6 +110,12 @@ class CellPool:
                         continue
                     del self.running[name]
                     running.log.close()
+                    if running.process.returncode and not running.restarted and _kernel_never_started(running):
+                        process, log = _launch(running.cell, self.output_dir, self.uri, self.parent, running.gpu,
+                                               self.threads)
+                        self.running[name] = replace(running, process=process, log=log, echoed=0, restarted=True)
+                        say(f"  restart  {name}: its Jupyter kernel died before it started; once more")
+                        continue
                     outcome = self._collect(running)
                     self.outcomes[name] = outcome
                     seconds = time.perf_counter() - running.started
@@ -330,6 +343,13 @@ def _new_epoch_lines(log: Path, running: _Running) -> list[str]:
     fresh = [line for line in dict.fromkeys(lines) if line not in running.seen]
     running.seen.update(fresh)
     return fresh
+
+
+def _kernel_never_started(running: _Running) -> bool:
+    try:
+        return KERNEL_START_FAILURE in Path(running.log.name).read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def _failure_reason(notebook: Path, log: Path, run) -> str:
