@@ -313,6 +313,27 @@ def test_the_laptop_miniature_says_what_it_is_and_the_default_page_leaves_smoke_
                                                                       "verdicts-by-length.png"]
 
 
+def test_the_default_profile_is_the_one_whose_study_ran_last_even_when_that_rerun_trained_nothing(store):
+    _make_store(store, {("plain20", "none"): [60.0, 61.0]}, study="cifar-depth", profile="laptop")
+    _make_store(store, {("plain20", "none"): [40.0, 41.0]}, study="cifar-depth", profile="cpu-long")
+    _make_store(store, {("resnet56", "A"): [90.0]}, study="cifar-depth", profile=keys.PRECISION_CONTROL_PROFILE)
+    client = mlflow_store.client(store)
+    experiment = client.get_experiment_by_name("cifar-depth").experiment_id
+    parents = {run.data.tags[keys.PROFILE_TAG]: run for run in client.search_runs(
+        [experiment], f"tags.{keys.ROLE_TAG} = '{keys.ROLE_STUDY}'")}
+    started = max(run.info.start_time for run in parents.values())
+
+    def shown() -> tuple[set, list]:
+        frame = collect_runs("cifar-depth", store).drop_duplicates("run_id")
+        return set(frame["profile"]), sorted(frame["final_train_error"])
+
+    client.set_terminated(parents["cpu-long"].info.run_id, end_time=started + 1_000)  # cpu-long's study ends
+    client.set_terminated(parents[keys.PRECISION_CONTROL_PROFILE].info.run_id, end_time=started + 1_500)
+    assert shown() == ({"cpu-long"}, [40.0, 41.0])  # a control of another profile's runs is never the default
+    client.set_terminated(parents["laptop"].info.run_id, end_time=started + 2_000)  # make reproduce: all done
+    assert shown() == ({"laptop"}, [60.0, 61.0])
+
+
 def test_the_zero_init_ablation_is_a_network_of_its_own_with_its_verdict_figure_and_numbers(store, tmp_path):
     miniature = {("plain20", "none"): [60.0, 58.0, 61.0], ("plain56", "none"): [80.0, 79.0, 82.0],
                  ("resnet20", "A"): [55.0, 54.0, 57.0], ("resnet56", "A"): [84.0, 82.5, 86.5],

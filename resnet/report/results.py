@@ -48,7 +48,9 @@ def collect_runs(study: str, tracking_uri: str | None = None, profile: str | Non
                  metrics: tuple[str, ...] = METRICS) -> pd.DataFrame:
     """Per-epoch ``metrics`` of the cell runs of ``study`` (one row per run and epoch).
 
-    ``profile`` picks the parent run's profile; by default the most recently started profile.
+    ``profile`` picks the parent run's profile; by default the one whose parent run was last active (started or
+    ended: a rerun of a finished profile, which trains nothing, ends its parent again), so that ``make reproduce``
+    after a longer profile's study shows its own profile's runs.
     """
     uri = store.resolve_tracking_uri(tracking_uri)
     mlflow_client = store.client(uri)
@@ -59,9 +61,11 @@ def collect_runs(study: str, tracking_uri: str | None = None, profile: str | Non
                                      order_by=["attributes.start_time DESC"])
     parents = {r.info.run_id: r.data.tags.get(keys.PROFILE_TAG, "") for r in runs
                if r.data.tags.get(keys.ROLE_TAG) == keys.ROLE_STUDY}
-    if profile is None and parents:  # the most recent profile that is not a control of another's runs
-        profile = next((r.data.tags.get(keys.PROFILE_TAG) for r in runs if r.info.run_id in parents
-                        and not keys.is_companion_profile(r.data.tags.get(keys.PROFILE_TAG, ""))), None)
+    if profile is None and parents:  # the last active profile that is not a control of another's runs
+        own = [r for r in runs if r.info.run_id in parents
+               and not keys.is_companion_profile(r.data.tags.get(keys.PROFILE_TAG, ""))]
+        last = max(own, key=lambda r: max(r.info.start_time or 0, r.info.end_time or 0), default=None)
+        profile = last.data.tags.get(keys.PROFILE_TAG) if last is not None else None
     rows = []
     for run in runs:
         tags = run.data.tags
