@@ -45,9 +45,10 @@ class _Running:
     restarted: bool = False  # launched again after its kernel died on start (KERNEL_START_FAILURE)
 
 
-# What papermill reports when the cell's Jupyter kernel died before it ran anything: kernels started at the
-# same moment on one machine can race for the same free ports (seen with two Slurm jobs starting together on
-# one node). Nothing of the cell has run, so it is launched once more.
+# What papermill reports when the cell's Jupyter kernel died before it ran anything: jupyter_client picks free
+# ports by binding and releasing them, so kernels started at the same moment on one machine can race for the
+# same ones (jupyter/jupyter_client#154; seen with two Slurm jobs starting together on one node). Nothing of
+# the cell has run, so it is launched once more.
 KERNEL_START_FAILURE = "Kernel died before replying to kernel_info"
 
 
