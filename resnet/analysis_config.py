@@ -57,7 +57,7 @@ class AnalysisConfig:
     lesion_draws: int = 3
     # Shattering: lines between pairs of the first test images, points per line, correlation up to this lag
     # (3 lines: the laptop's 15 measurements at initialisation add under 2 minutes to make reproduce on 2 cores;
-    # of each one's 15 s most is the notebook's start, and the lines 1 s each for ResNet-56 on one thread).
+    # measured on a 2-core Xeon: of each one's ~16 s, 9 s the notebook's start, about 1.5 s a line for ResNet-56).
     shattering_lines: int = 3
     shattering_points: int = 256
     shattering_max_lag: int = 32
@@ -68,7 +68,7 @@ class AnalysisConfig:
     surface_points: int = 21
     surface_images: int = 1024
     # And a 2-D grid over the first two directions, this many points a side in [-1, 1]^2 (0: none). Li et al.'s
-    # contour plots (Figure 5); on the GPU profiles, where the grid's thousand evaluations take seconds.
+    # contour plots (Figure 5); set by the GPU profiles (experiments/cifar-depth.yaml), measured on the GPU there.
     surface_grid: int = 0
     batch_size: int = 128  # the measured run's, for the pool's bookkeeping (an analysis trains nothing)
     precision: str = "fp32"
