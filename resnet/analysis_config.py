@@ -10,12 +10,14 @@ from typing import Any
 from .config import ConfigError, TrainConfig, from_mapping, identity_hash
 from .models import architecture
 
+SAMPLE = "class-balanced"
 # The measurements (issue 28): Veit et al. 2016, Balduzzi et al. 2017, Li et al. 2018.
 ANALYSES = ("lesion", "shattering", "surface")
-# Which networks each measures, by (model, shortcut option, zero-init): the lesion the deepest plain and
-# residual nets and the ablation; the loss surface plain against residual at the deepest depth; the
-# shattering every network (depth 20 against 56, plain against residual).
-DEEPEST_ONLY = {"lesion": True, "surface": True, "shattering": False}
+# Which networks each measures, by (model, shortcut option, zero-init): the lesion every network and the
+# ablation (the 20-layer nets are its control at matched training error: plain-20 ends near ResNet-56 (A)); the
+# loss surface plain against residual at the deepest depth; the shattering every network (depth 20 against 56,
+# plain against residual).
+DEEPEST_ONLY = {"lesion": False, "surface": True, "shattering": False}
 WITH_ABLATION = {"lesion": True, "surface": False, "shattering": True}
 # What a trained network's analyses are measured at; the shattering also at initialisation, which needs
 # no training (and is the only analysis of a profile whose networks end barely trained, the laptop's).
@@ -51,21 +53,26 @@ class AnalysisConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     normalisation: str = "per-pixel"
-    # Lesion: the first this many of the run's test images, error with each block and k = 1..10 random blocks
-    # deleted, this many draws each (500 images: a test error to about +-2 points, enough for effects of tens).
+    # Every measurement is made on a fixed, seeded, class-balanced sample of its split (``data.measurement_sample``,
+    # drawn with the measured run's seed), never a prefix: in the identity, so that analyses measured on a prefix
+    # (before issue 35: airplanes only, where the split came class by class) are never taken for these.
+    sample: str = SAMPLE
+    # Lesion: this many test images, error with each block and k = 1..10 random blocks deleted, this many draws
+    # each (500 images: a test error to about +-2 points, enough for effects of tens).
     lesion_images: int = 500
     lesion_draws: int = 3
-    # Shattering: lines between pairs of the first test images, points per line, correlation up to this lag
-    # (3 lines: the laptop's 15 measurements at initialisation add under 2 minutes to make reproduce on 2 cores;
-    # measured on a 2-core Xeon: of each one's ~16 s, 9 s the notebook's start, about 1.5 s a line for ResNet-56).
-    shattering_lines: int = 3
+    # Shattering: lines between pairs of test images (16: Balduzzi et al. average over many; the laptop's 15
+    # measurements at initialisation then take about 3 s each for ResNet-56 after the notebook's start), points
+    # per line, correlation up to this lag.
+    shattering_lines: int = 16
     shattering_points: int = 256
     shattering_max_lag: int = 32
     shattering_calibration_images: int = 512  # training images that set BN's statistics at initialisation
     # Loss surface: 1-D curves along this many filter-normalised directions, alpha in [-1, 1] in this many
-    # points, the loss on the first this many training images.
+    # points (51: Li et al.'s own 1-D grid, ``-1:1:51``, fine enough that a sign change of the second difference
+    # is a bend of the surface, not of the grid), the loss on this many training images.
     surface_directions: int = 2
-    surface_points: int = 21
+    surface_points: int = 51
     surface_images: int = 1024
     # And a 2-D grid over the first two directions, this many points a side in [-1, 1]^2 (0: none). Li et al.'s
     # contour plots (Figure 5); set by the GPU profiles (experiments/cifar-depth.yaml), measured on the GPU there.
@@ -97,6 +104,9 @@ class AnalysisConfig:
             raise ConfigError(f"surface_grid: a grid of at least 3 points a side for the surface analysis with at "
                               f"least 2 directions, or 0 for none; got {self.surface_grid} for the {self.analysis}"
                               f" with {self.surface_directions} directions")
+        if self.sample != SAMPLE:
+            raise ConfigError(f"sample: every measurement draws a {SAMPLE} sample (data.measurement_sample); got "
+                              f"{self.sample!r}")
         if self.precision != "fp32":
             raise ConfigError(f"precision: the analyses compute in fp32, got {self.precision!r}")
         if not self.run_name:

@@ -112,22 +112,45 @@ def validation_split(data: Cifar10, size: int = 5000, seed: int = 0) -> Cifar10:
     )
 
 
+def measurement_sample(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """The indices of a fixed, seeded, class-balanced random sample of ``size`` images of a split whose labels
+    are ``labels``, in a random order: what every measurement of a network is made on, never ``split[:size]``.
+
+    A split's order is its source's: an image folder or archive lists files sorted by name, so its training
+    split comes out class by class (airplanes first) and a prefix of it measures airplanes only; the official
+    batches interleave. This draw is the same kind of sample from either: ``size // classes`` images of every
+    class (one more for the first ``size % classes`` classes; every class's images where it has fewer),
+    drawn at random within each class, so every class is present within one image. ``size`` at least the
+    split's length gives every index, shuffled."""
+    if size < 1:
+        raise DataError(f"a measurement sample needs at least one image, got size {size}")
+    return balanced_indices(labels, size, torch.Generator().manual_seed(seed))
+
+
+def balanced_indices(labels: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``size`` indices, ``size // classes`` of every class (one more for the first ``size % classes``),
+    drawn at random within each class with ``generator``, then shuffled: classes interleaved."""
+    classes = int(labels.max()) + 1
+    chosen = []
+    for label in range(classes):
+        members = torch.nonzero(labels == label).flatten()
+        wanted = size // classes + (label < size % classes)
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:wanted]])
+    order = torch.cat(chosen)
+    return order[torch.randperm(len(order), generator=generator)]
+
+
 def subset(data: Cifar10, train_size: int | None, test_size: int | None, seed: int = 0) -> Cifar10:
     """A fixed, class-balanced subset of each split (``None`` keeps all): ``size // 10`` images of
-    every class (one more for the first ``size % 10`` classes), drawn at random within each class."""
+    every class (one more for the first ``size % 10`` classes), drawn at random within each class. A split
+    kept whole keeps its source's order (training permutes it each epoch; a measurement draws its own
+    ``measurement_sample``)."""
     generator = torch.Generator().manual_seed(seed)
 
     def pick(images, labels, size):
         if size is None or size >= len(labels):
             return images, labels
-        classes = int(labels.max()) + 1
-        chosen = []
-        for label in range(classes):
-            members = torch.nonzero(labels == label).flatten()
-            wanted = size // classes + (label < size % classes)
-            chosen.append(members[torch.randperm(len(members), generator=generator)[:wanted]])
-        order = torch.cat(chosen)
-        order = order[torch.randperm(len(order), generator=generator)]  # classes interleaved, as in the source
+        order = balanced_indices(labels, size, generator)
         return images[order], labels[order]
 
     train_images, train_labels = pick(data.train_images, data.train_labels, train_size)
@@ -138,8 +161,16 @@ def subset(data: Cifar10, train_size: int | None, test_size: int | None, seed: i
         train_labels=train_labels,
         test_images=test_images,
         test_labels=test_labels,
-        description=f"{data.description}; class-balanced subset {len(train_labels)} train / {len(test_labels)} test",
+        description=f"{data.description}; {_kept(train_size, len(data.train_labels), 'train')} / "
+                    f"{_kept(test_size, len(data.test_labels), 'test')}",
     )
+
+
+def _kept(size: int | None, available: int, split: str) -> str:
+    """How ``subset`` kept a split, in words: all of it, or a class-balanced random subset."""
+    if size is None or size >= available:
+        return f"all {available} {split}"
+    return f"class-balanced subset {size} {split}"
 
 
 # --------------------------------------------------------------------------------------------

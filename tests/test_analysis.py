@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from resnet.analysis import lesion, shattering, surface
+from resnet.analysis import lesion, readings, shattering, surface
 from resnet.analysis.run import analyse
 from resnet.analysis_config import AnalysisConfig
 from resnet.config import ConfigError, TrainConfig
@@ -115,8 +115,35 @@ def test_every_direction_filter_has_its_weight_filters_norm_and_batch_norm_direc
     assert [r["alpha"] for r in rows] == [-1.0, 0.0, 1.0]
     assert rows[1]["loss"] == pytest.approx(surface.loss_at(model, inputs, labels))
     assert all(torch.equal(before[name], p) for name, p in model.named_parameters())  # the weights restored
-    assert surface.roughness([{"direction": 0, "alpha": a / 2, "loss": (a / 2) ** 2} for a in range(-2, 3)]) == {
-        "rise_at_half": pytest.approx(0.25), "curvature_sign_changes": 0}
+    assert surface.roughness([{"direction": 0, "alpha": a / 2, "loss": 2 + (a / 2) ** 2} for a in range(-2, 3)]) == {
+        "rise_at_half": pytest.approx(0.25), "relative_rise": pytest.approx(0.125), "curvature_sign_changes": 0}
+
+
+def test_the_non_convexity_counts_the_bends_of_a_curve_and_not_the_wobbles_under_the_floor():
+    assert readings.curvature_sign_changes([0.0, 1.0, 0.0, 1.0, 0.0, 1.0]) == 3  # second differences -2, 2, -2, 2
+    assert readings.curvature_sign_changes([(a / 10) ** 2 for a in range(-10, 11)]) == 0  # a bowl
+    flat = [2.3026 + (1e-5 if i % 2 else 0.0) for i in range(21)]  # a loss at chance, wobbling by 1e-5
+    assert readings.curvature_sign_changes(flat) == 0
+    assert readings.curvature_sign_changes(flat, floor=1e-6) == 18
+    two_directions = readings.surface_summary([{-0.5: 1.5, 0.0: 1.0, 0.5: 1.5}, {-0.5: 3.0, 0.0: 2.0, 0.5: 2.0}])
+    assert two_directions == {"rise_at_half": pytest.approx(0.5), "relative_rise": pytest.approx(0.375),
+                              "curvature_sign_changes": 0}
+
+
+def test_the_shattering_references_are_white_and_brownian_noise_and_its_summary_reads_the_decay():
+    found = shattering.references(points=128, max_lag=16, seed=0, dimensions=512, lines=2)
+    assert max(abs(value) for value in found["white-noise"]) < 0.05  # independent gradients: no correlation
+    brown = found["brown-noise"]
+    assert brown[0] > 0.95 and all(a > b for a, b in zip(brown, brown[1:]))  # a random walk decorrelates slowly
+    assert readings.shattering_summary([0.9, 0.7, 0.5, 0.4]) == {"lag1": 0.9, "decay_length": 4.0, "at_max_lag": 0.4}
+    assert readings.shattering_summary([0.99, 0.98])["decay_length"] == 3.0  # never below one half: censored
+
+
+def test_the_lesions_summary_gives_each_cost_and_the_share_of_the_distance_to_chance():
+    assert readings.lesion_summary(70.0, [75.0, 85.0], [88.0]) == {
+        "base_error": 70.0, "single_cost": 10.0, "downsampling_cost": 18.0, "single_share": 0.5}
+    plain = readings.lesion_summary(30.0, [36.0], [])
+    assert plain["single_share"] == pytest.approx(0.1) and math.isnan(plain["downsampling_cost"])
 
 
 def test_the_loss_grid_holds_the_curves_along_its_axes_and_restores_the_weights():
@@ -148,9 +175,16 @@ def test_a_grid_is_the_surfaces_own_measurement_and_only_it_asks_for_the_gpu():
         AnalysisConfig(analysis="surface", measured_run="x", surface_grid=5, surface_directions=1)
     flat = AnalysisConfig(analysis="surface", measured_run="r" * 32)
     grid = AnalysisConfig(analysis="surface", measured_run="r" * 32, surface_grid=31)
-    # Measurements made before the grid existed keep their fingerprints (these are the earlier code's).
-    assert flat.fingerprint() == "232eecb1ccf895a0"
-    assert AnalysisConfig(analysis="shattering", moments=("init",)).fingerprint() == "3f51cfbafe75d080"
+    assert flat.fingerprint() == "42979a8c3a9c809a"
+    assert AnalysisConfig(analysis="shattering", moments=("init",)).fingerprint() == "06c7917bc265a1d2"
+    # Measurements made on a prefix of a split (before issue 35) are never taken for today's, even at their sizes:
+    # the earlier code fingerprinted these two 232eecb1ccf895a0 and 3f51cfbafe75d080.
+    assert AnalysisConfig(analysis="surface", measured_run="r" * 32, surface_points=21).fingerprint() != (
+        "232eecb1ccf895a0")
+    assert AnalysisConfig(analysis="shattering", moments=("init",), shattering_lines=3).fingerprint() != (
+        "3f51cfbafe75d080")
+    with pytest.raises(ConfigError, match="sample: every measurement draws a class-balanced sample"):
+        AnalysisConfig(analysis="surface", measured_run="r" * 32, sample="prefix")
     assert grid.fingerprint() != flat.fingerprint() and grid.resolved_for("cuda").fingerprint() == grid.fingerprint()
     assert (flat.device_type(gpus=True), grid.device_type(gpus=False), grid.device_type(gpus=True)) == (
         "cpu", "cpu", "cuda")
@@ -210,7 +244,8 @@ def test_an_analysis_run_links_to_the_run_it_measured_and_holds_its_curve(store,
     table = why_shortcuts.collect_analyses("unit", {trained.run_id}, store)
     assert set(table["analysis"]) == {"lesion", "shattering", "surface"}
     shattered = table[table["analysis"] == "shattering"]
-    assert sorted(set(shattered["series"])) == ["final", "init"] and len(shattered) == 8  # 4 lags at each moment
+    assert sorted(set(shattered["series"])) == ["brown-noise", "final", "init", "white-noise"]
+    assert len(shattered) == 16  # 4 lags at each moment and of each reference
     lesioned = table[table["analysis"] == "lesion"]
     assert (lesioned["series"] == "single").sum() == 7 and (lesioned["series"] == "single-downsampling").sum() == 2
     assert (lesioned["series"] == "random").sum() == 7  # k = 1..7, one draw: ResNet-20 has 7 blocks of unchanged shape
@@ -275,7 +310,7 @@ def test_the_sections_numbers_and_verdicts_come_from_the_analysis_runs():
         for seed, cost in enumerate(per_seed):
             rows += _rows(f"{model}{seed}", model, shortcut, seed, "lesion",
                           [("base", 0, 20.0), ("single", 1, 20.0 + cost - 1), ("single", 2, 20.0 + cost + 1),
-                           ("single-downsampling", 9, 80.0), ("random", 10, 60.0)])
+                           ("random", 10, 60.0)] + [("single-downsampling", 9, 80.0)] * (shortcut == "A"))
             correlation = {"plain56": 0.2 + 0.1 * seed, "resnet56": 0.8 + 0.05 * seed}[model]
             rows += _rows(f"s{model}{seed}", model, shortcut, seed, "shattering",
                           [("init", 1, correlation), ("init", 2, correlation / 2)])
@@ -284,8 +319,11 @@ def test_the_sections_numbers_and_verdicts_come_from_the_analysis_runs():
     lesioned = view["parts"]["lesion"]
     assert lesioned["table"]["rows"][0][:3] == ["plain-56", "20.00 ± 0.00", "44.00 ± 4.00"]
     assert lesioned["table"]["rows"][1][:3] == ["ResNet-56 (A)", "20.00 ± 0.00", "4.00 ± 2.65"]
-    (_, verdict), = lesioned["verdicts"]
+    assert lesioned["table"]["rows"][1][4] == "60.00 ± 0.00"  # the downsampling block's cost, residual only
+    assert lesioned["table"]["rows"][0][4] == "—" and lesioned["table"]["rows"][0][3] == "0.63 ± 0.06"  # 44 / 70
+    (_, verdict), = lesioned["verdicts"]  # the other three claims need networks this table lacks
     assert verdict.answer == "Yes" and verdict.difference.differences == (-38.0, -41.0, -41.0)
+    assert verdict.family == "lesion" and verdict.family_size == 1 and verdict.adjusted_p == verdict.difference.p_value
     assert "ResNet-56 (A)'s cost of one deleted block is lower than plain-56's" in verdict.sentence
     shattered = view["parts"]["shattering"]
     assert shattered["table"]["rows"][0][1] == "0.30 ± 0.10"
@@ -310,10 +348,13 @@ def test_the_surface_part_judges_the_curves_and_draws_the_grid_as_a_contour():
     table, frame = _table_and_trained_runs(rows)
     view = why_shortcuts.section(table, frame)
     surfaced = view["parts"]["surface"]
-    assert [row[:2] for row in surfaced["table"]["rows"]] == [["plain-56", "1.50 ± 0.50"],
-                                                              ["ResNet-56 (A)", "0.30 ± 0.10"]]
-    (_, verdict), = surfaced["verdicts"]
-    assert verdict.difference.differences == pytest.approx((0.8, 1.2, 1.6))
+    assert [[row[0], row[3]] for row in surfaced["table"]["rows"]] == [["plain-56", "1.50 ± 0.50"],
+                                                                       ["ResNet-56 (A)", "0.30 ± 0.10"]]
+    (primary, convexity), (secondary, verdict) = surfaced["verdicts"]
+    assert (primary, secondary) == ("primary", "secondary") and convexity.answer == "Not decided"
+    assert convexity.difference.differences == (0.0, 0.0, 0.0)  # three points a curve: no bend to count
+    assert verdict.difference.differences == pytest.approx((0.8, 1.2, 1.6))  # relative rises (L(0) = 1)
+    assert verdict.family == "loss surface" and verdict.family_size == 1
     assert surfaced["contour"].name == "loss-surface-2d"
     assert [figure.name for figure in why_shortcuts.figures(view)] == ["loss-surface", "loss-surface-2d"]
     without = why_shortcuts.section(table[table["series"] != keys.CURVE_GRID_SERIES], frame)

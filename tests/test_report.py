@@ -16,7 +16,8 @@ from resnet.measures import count_multiply_adds, count_parameters
 from resnet.models import build_model
 from resnet.report.build import build_report, main
 from resnet.report.results import IMAGENET_METRICS, collect_runs, read_csv
-from resnet.report.statistics import judge
+from resnet.report.sections import family_table
+from resnet.report.statistics import control_family, holm, judge
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store
 
@@ -624,3 +625,51 @@ def test_on_all_50000_images_the_laptop_is_cpu_longs_prefix_and_its_length_reads
     runs = reference[reference["profile"] == "cpu-long"].drop_duplicates("run_id")
     assert len(runs) == 15 and set(runs["prefix_steps"].astype(str)) == {"234"}
     assert set(runs["continued_from"]) == set(laptop[laptop["profile"] == "laptop"]["run_id"])
+
+
+# --------------------------------------------------------------------------------------------
+# Families: Holm's correction within each, the unpaired (Welch) interval beside the paired one
+# --------------------------------------------------------------------------------------------
+def test_holms_adjusted_p_values_are_statsmodels_own():
+    # multipletests([0.01, 0.04, 0.03, 0.005], method="holm")[1] gives 0.03, 0.06, 0.06, 0.02.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == [pytest.approx(0.03), pytest.approx(0.06), pytest.approx(0.06),
+                                               pytest.approx(0.02)]
+    assert holm([0.03, 0.04]) == [pytest.approx(0.06), pytest.approx(0.06)]  # monotone: 0.04 x 1 stays at 0.06
+    adjusted = holm([0.02, float("nan"), 0.6])  # a verdict without a test is left out of the family's size
+    assert adjusted[0] == pytest.approx(0.04) and adjusted[1] != adjusted[1] and adjusted[2] == pytest.approx(0.6)
+
+
+def test_a_family_decides_by_the_adjusted_p_and_says_what_the_interval_alone_would_read(store):
+    _make_store(store, {("plain18", "none"): [5.0, 5.2, 5.1], ("plain34", "none"): [8.0, 8.6, 8.1],
+                        ("resnet34", "A"): [6.5, 8.1, 8.5]})
+    frame = collect_runs("degradation", store)
+    clear = judge(frame, ("plain18", "none"), ("plain34", "none"), "worse")
+    marginal = judge(frame, ("plain34", "none"), ("resnet34", "A"), "better")
+    assert clear.answer == "Yes" and clear.difference.p_value < 0.025
+    assert marginal.answer == "Not decided"
+    family = control_family("the paper's claims", {"degradation": clear, "shortcuts": marginal})
+    assert family["degradation"].adjusted_p == pytest.approx(2 * clear.difference.p_value)
+    assert family["degradation"].answer == "Yes" and family["degradation"].family_size == 2
+    assert "Family “the paper's claims” (2 verdicts), Holm-adjusted p = " in family["degradation"].sentence
+    # Just below 5% alone, above it for a family of three: Yes by its interval, Not decided by the family.
+    borderline = judge(frame, ("plain18", "none"), ("resnet34", "A"), "worse")
+    assert borderline.difference.p_value == pytest.approx(0.0447, abs=1e-4) and borderline.answer == "Yes"
+    three = control_family("f", {"a": clear, "b": marginal, "c": borderline})
+    assert three["c"].adjusted_p >= 0.05 and three["c"].answer == "Not decided" and three["c"].raw_answer == "Yes"
+    assert three["c"].sentence.startswith("Not decided: ResNet-34 (A) trains worse than plain-18.")
+    assert "by the interval alone it would read Yes." in three["c"].sentence
+
+
+def test_the_welch_interval_stands_beside_the_paired_one_and_a_different_reading_is_flagged(store):
+    # Differences of +1.0, +1.1, +0.9 on networks whose seeds spread widely: the pairing decides, Welch does not.
+    _make_store(store, {("plain18", "none"): [5.0, 10.0, 15.0], ("plain34", "none"): [6.0, 11.1, 15.9]})
+    frame = collect_runs("degradation", store)
+    verdict = control_family("f", {"d": judge(frame, ("plain18", "none"), ("plain34", "none"), "worse")})["d"]
+    welch = stats.ttest_ind([6.0, 11.1, 15.9], [5.0, 10.0, 15.0], equal_var=False).confidence_interval(0.95)
+    assert (verdict.difference.welch_low, verdict.difference.welch_high) == (pytest.approx(welch.low),
+                                                                             pytest.approx(welch.high))
+    assert verdict.answer == "Yes" and verdict.welch_answer == "Not decided" and verdict.readings_differ
+    assert (f"Unpaired (Welch) 95% CI [{welch.low:.2f}, {welch.high:.2f}]; it reads Not decided, not Yes: the "
+            "reading rests on the pairing.") in verdict.sentence
+    row = family_table([verdict])["rows"][0]
+    assert row[1] == "f (1)" and row[6] == "Yes" and row[7].endswith("(reads Not decided)") and row[8] == "3"

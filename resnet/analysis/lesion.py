@@ -20,6 +20,7 @@ from torch import nn
 
 from ..models import BasicBlock, Bottleneck, Network
 from ..training.engine import Normalisation, Precision, evaluate
+from . import readings
 
 
 class LesionError(ValueError):
@@ -118,3 +119,21 @@ def lesion(model: Network, images: torch.Tensor, labels: torch.Tensor, normalise
             with deleted(model, [candidates[i] for i in chosen]):
                 random.append({"k": k, "draw": draw, "error": test_error(model, images, labels, normalise)})
     return {"base": [{"error": base}], "single": single, "random": random}
+
+
+
+def curve_rows(found: dict[str, list[dict]]) -> list[dict]:
+    """``lesion``'s result as curve points (series, x, y): ``base``; ``single`` and ``single-downsampling`` by
+    block index (a plain net's undeletable downsampling blocks left out); ``random`` by k."""
+    rows = [{"series": "base", "x": 0, "y": found["base"][0]["error"]}]
+    rows += [{"series": "single-downsampling" if r["downsampling"] else "single", "x": r["block"], "y": r["error"]}
+             for r in found["single"] if r["error"] == r["error"]]
+    return rows + [{"series": "random", "x": r["k"], "y": r["error"]} for r in found["random"]]
+
+
+def summary(found: dict[str, list[dict]]) -> dict[str, float]:
+    """``readings.lesion_summary`` of ``lesion``'s result, each name prefixed ``lesion_``."""
+    single = [r["error"] for r in found["single"] if not r["downsampling"]]
+    scaling = [r["error"] for r in found["single"] if r["downsampling"] and r["error"] == r["error"]]
+    return {f"lesion_{name}": value
+            for name, value in readings.lesion_summary(found["base"][0]["error"], single, scaling).items()}

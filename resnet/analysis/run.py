@@ -15,11 +15,12 @@ import torch
 
 from ..analysis_config import AT_INITIALISATION, AnalysisConfig
 from ..config import processor_description
+from ..data import measurement_sample
 from ..models import build_model
 from ..tracking import keys, store
 from ..training.engine import Normalisation
 from ..training.loop import prepare_data
-from . import lesion, shattering, surface
+from . import lesion, readings, shattering, surface
 
 WEIGHTS_ARTIFACT = "state_dict.pt"  # what training.loop logs at the end of a run
 
@@ -53,38 +54,57 @@ def network(config: AnalysisConfig, moment: str, tracking_uri: str | None = None
     return model
 
 
+def samples(config: AnalysisConfig, data) -> dict[str, torch.Tensor]:
+    """The indices each measurement of ``config`` is made on, by name: a fixed, class-balanced random sample of
+    its split drawn with the run's seed (``data.measurement_sample``), never a prefix. The same seed gives every
+    network the same images, so a verdict paired by seed compares networks on one sample; the seeds' spread then
+    holds the sample's variation too."""
+    draw = {"lesion": {"lesion": ("test", config.lesion_images)},
+            "shattering": {"shattering_starts": ("test", config.shattering_lines),
+                           "shattering_calibration": ("train", config.shattering_calibration_images)},
+            "surface": {"surface": ("train", config.surface_images)}}[config.analysis]
+    chosen = {name: measurement_sample(getattr(data, f"{split}_labels"), size, config.seed)
+              for name, (split, size) in draw.items()}
+    if config.analysis == "shattering":
+        # Each line's start sets the class whose logit is differentiated: the starts are one balanced sample, the
+        # ends another of the images left, so that no line ends where it starts.
+        rest = torch.ones(len(data.test_labels), dtype=torch.bool)
+        rest[chosen["shattering_starts"]] = False
+        rest = torch.nonzero(rest).flatten()
+        chosen["shattering_ends"] = rest[measurement_sample(data.test_labels[rest], config.shattering_lines,
+                                                            config.seed)]
+    return chosen
+
+
 def measure(config: AnalysisConfig, tracking_uri: str | None = None) -> tuple[list[dict], dict[str, float]]:
     """The analysis's curve (rows of series, x, y) and its numbers."""
     data = prepare_data(config)
     normalise = Normalisation.for_images(config.normalisation, data.train_images)
+    chosen = samples(config, data)
     rows, numbers = [], {}
     for moment in config.moments:
         model = network(config, moment, tracking_uri).eval()
         if config.analysis == "lesion":
-            images, labels = data.test_images[:config.lesion_images], data.test_labels[:config.lesion_images]
+            images, labels = data.test_images[chosen["lesion"]], data.test_labels[chosen["lesion"]]
             found = lesion.lesion(model, images, labels, normalise, draws=config.lesion_draws, seed=config.seed)
-            rows += [{"series": "base", "x": 0, "y": found["base"][0]["error"]}]
-            rows += [{"series": "single-downsampling" if r["downsampling"] else "single", "x": r["block"],
-                      "y": r["error"]} for r in found["single"]]
-            rows += [{"series": "random", "x": r["k"], "y": r["error"]} for r in found["random"]]
-            kept = [r["error"] for r in found["single"] if not r["downsampling"]]
-            numbers.update(lesion_base_error=found["base"][0]["error"],
-                           lesion_single_cost=sum(kept) / len(kept) - found["base"][0]["error"])
+            rows += lesion.curve_rows(found)
+            numbers.update(lesion.summary(found))
         elif config.analysis == "shattering":
-            inputs = normalise(data.test_images[:2 * config.shattering_lines], torch.float32)
-            pairs = [(inputs[2 * i], inputs[2 * i + 1], int(data.test_labels[2 * i]))
-                     for i in range(config.shattering_lines)]
+            starts, ends = chosen["shattering_starts"], chosen["shattering_ends"]
+            pairs = list(zip(normalise(data.test_images[starts], torch.float32),
+                             normalise(data.test_images[ends], torch.float32), data.test_labels[starts].tolist()))
             if moment == AT_INITIALISATION:
-                shattering.calibrate(model, normalise(data.train_images[:config.shattering_calibration_images],
-                                                      torch.float32))
+                calibration = chosen["shattering_calibration"]
+                shattering.calibrate(model, normalise(data.train_images[calibration], torch.float32))
             curve = shattering.shattering(model, pairs, config.shattering_points, config.shattering_max_lag)
             rows += [{"series": moment, "x": lag, "y": value} for lag, value in enumerate(curve, start=1)]
-            numbers[f"shattering_lag1_{moment}"] = curve[0]
+            numbers.update({f"shattering_{name}_{moment}": value
+                            for name, value in readings.shattering_summary(curve).items()})
         else:
             device = measuring_device(config)
             model = model.to(device)
-            images = normalise(data.train_images[:config.surface_images], torch.float32).to(device)
-            labels = data.train_labels[:config.surface_images].to(device)
+            images = normalise(data.train_images[chosen["surface"]], torch.float32).to(device)
+            labels = data.train_labels[chosen["surface"]].to(device)
             # Drawn on the CPU whatever the device: the same directions for the same seed anywhere.
             generator = torch.Generator().manual_seed(config.seed)
             directions = [surface.filter_normalised_direction(model, generator)
@@ -96,6 +116,10 @@ def measure(config: AnalysisConfig, tracking_uri: str | None = None) -> tuple[li
                 grid = surface.loss_grid(model, images, labels, axis(config.surface_grid), *directions[:2])
                 rows += [{"series": keys.CURVE_GRID_SERIES, "x": r["alpha"], keys.CURVE_SECOND_X: r["beta"],
                           "y": r["loss"]} for r in grid]
+    if config.analysis == "shattering":
+        rows += [{"series": name, "x": lag, "y": value} for name, curve in
+                 shattering.references(config.shattering_points, config.shattering_max_lag, config.seed).items()
+                 for lag, value in enumerate(curve, start=1)]
     return rows, numbers
 
 

@@ -8,6 +8,9 @@ logit with respect to each input, and the Pearson correlation between the gradie
 (each gradient flattened over its 3 x 32 x 32 values), averaged over the pairs, for lags 1 to ``max_lag``.
 BN in eval mode (each point's gradient is its own, not a function of the other points): a trained net uses
 its running statistics; at initialisation these are first estimated on training images (``calibrate``).
+
+Its measures (``readings.shattering_summary``) read the correlation against lag as Balduzzi et al. read the
+gradient along a line of inputs, as a signal, beside white and Brownian noise (``references``, their Figure 2).
 """
 
 from __future__ import annotations
@@ -67,3 +70,19 @@ def shattering(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, i
     curves = [lag_correlations(gradients_along_line(logit_of(model, label), start, end, points), max_lag)
               for start, end, label in pairs]
     return [sum(values) / len(values) for values in zip(*curves)]
+
+
+
+def references(points: int = 256, max_lag: int = 32, seed: int = 0, dimensions: int = 3 * 32 * 32,
+               lines: int = 4) -> dict[str, list[float]]:
+    """Balduzzi et al.'s two references, measured as the networks' gradients are: ``white-noise``, independent
+    Gaussian "gradients" at every point of a line; ``brown-noise``, their running sum along the line (a random
+    walk). ``dimensions`` values a point, ``lines`` lines averaged."""
+    generator = torch.Generator().manual_seed(seed)
+    white, brown = [], []
+    for _ in range(lines):
+        noise = torch.randn(points, dimensions, generator=generator, dtype=torch.float64)
+        white.append(lag_correlations(noise, max_lag))
+        brown.append(lag_correlations(noise.cumsum(dim=0), max_lag))
+    return {name: [sum(values) / len(values) for values in zip(*curves)]
+            for name, curves in (("white-noise", white), ("brown-noise", brown))}

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import readings
+
 
 def filter_normalised_direction(model: nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """One direction per parameter of ``model``, by name: Gaussian, each filter scaled to its weight
@@ -80,19 +82,8 @@ def loss_grid(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, alph
 
 
 def roughness(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Two numbers for a 1-D curve, averaged over directions: how far the loss rises at alpha = +-0.5 above its
-    value at 0 (sharpness), and how many times the curve's second difference changes sign (non-convexity:
-    0 for a convex bowl; a chaotic surface changes often)."""
-    by_direction: dict[int, dict[float, float]] = {}
+    """The loss surface's measures (``readings.surface_summary``) of ``loss_curve``'s rows."""
+    curves: dict[int, dict[float, float]] = {}
     for row in rows:
-        by_direction.setdefault(int(row["direction"]), {})[round(row["alpha"], 6)] = row["loss"]
-    rises, changes = [], []
-    for curve in by_direction.values():
-        alphas = sorted(curve)
-        losses = [curve[a] for a in alphas]
-        if 0.0 in curve and 0.5 in curve and -0.5 in curve:
-            rises.append((curve[0.5] + curve[-0.5]) / 2 - curve[0.0])
-        second = [losses[i - 1] - 2 * losses[i] + losses[i + 1] for i in range(1, len(losses) - 1)]
-        changes.append(sum((a > 0) != (b > 0) for a, b in zip(second, second[1:])))
-    return {"rise_at_half": sum(rises) / len(rises) if rises else float("nan"),
-            "curvature_sign_changes": sum(changes) / len(changes) if changes else float("nan")}
+        curves.setdefault(int(row["direction"]), {})[row["alpha"]] = row["loss"]
+    return readings.surface_summary(list(curves.values()))

@@ -16,8 +16,8 @@ import pandas as pd
 from .. import paper
 from .figures import VALIDATION_CURVE, Figure, curves_figure
 from .results import final_training_errors, final_values, label, network_rows
-from .sections import DEGRADATION_CLAIMS, PLAIN, A, gaps, provenance, verdict_view
-from .statistics import TOP1_VALIDATION_ERROR_10CROP, TRAINING_ERROR, Verdict, judge, summarise
+from .sections import DEGRADATION_CLAIMS, PAPER_FAMILY, PLAIN, A, family_table, gaps, provenance, verdict_view
+from .statistics import TOP1_VALIDATION_ERROR_10CROP, TRAINING_ERROR, Verdict, control_family, judge, summarise
 
 IMAGENET_NETWORKS = [("plain18", PLAIN), ("plain34", PLAIN), ("resnet18", A), ("resnet34", A), ("resnet34", "B"),
                      ("resnet34", "C")]
@@ -44,8 +44,11 @@ def imagenet_section(frame: pd.DataFrame, ui_base: str) -> tuple[dict[str, Any],
     verdicts = {f"{key}{suffix}": judge(frame, reference, subject, claim, note, measure)
                 for key, (reference, subject, claim, note) in IMAGENET_CLAIMS.items()
                 for suffix, measure in IMAGENET_MEASURES.items()}
+    # One family: the paper's claims on ImageNet, each in both measures.
+    verdicts = control_family(f"{PAPER_FAMILY} (ImageNet)", verdicts)
     context = {"figure": figure, "table": tables_2_and_3(frame), "gaps": gaps(frame, IMAGENET_NETWORKS),
                "verdicts": [verdict_view(v) for v in verdicts.values()], "settings": setting,
+               "family_table": family_table(list(verdicts.values())),
                "provenance": provenance(frame, ui_base)}
     return context, [figure], verdicts
 

@@ -1,8 +1,8 @@
 """Verdicts from per-seed numbers: does one network train worse or better than another?
 
-Each verdict pairs the two networks' final training errors by seed (the same seed is the same
-initialisation order and the same data order), and judges the mean paired difference by its
-Student-t 95% confidence interval (``scipy.stats.ttest_rel``):
+Each verdict pairs the two networks' final training errors by seed (the same seed is the same data
+order; across architectures not the same initialisation, since the networks' weights differ in number),
+and judges the mean paired difference by its Student-t 95% confidence interval (``scipy.stats.ttest_rel``):
 
 * ``Yes:`` the interval lies wholly on the side of zero the claim predicts;
 * ``No:`` it lies wholly on the other side;
@@ -10,13 +10,18 @@ Student-t 95% confidence interval (``scipy.stats.ttest_rel``):
 
 With 2 seeds the t interval reaches 12.7 standard errors either side of the mean; with 3, 4.3. Few
 seeds decide little, and the verdict says so rather than round up.
+
+A page states its verdicts in families (the paper's claims, an ablation's, each analysis's): within a
+family, ``control_family`` applies Holm's step-down correction at 5% (statsmodels' ``multipletests(method=
+"holm")`` gives the same adjusted p-values) and decides each verdict by its adjusted p. Beside the paired
+interval, the unpaired (Welch) one is a sensitivity check: a verdict the two read differently is flagged.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import pandas as pd
@@ -63,6 +68,9 @@ class PairedDifference:
     low: float
     high: float
     p_value: float
+    # The unpaired (Welch) 95% interval over the same seeds: the sensitivity check on the pairing.
+    welch_low: float = math.nan
+    welch_high: float = math.nan
 
     @property
     def n(self) -> int:
@@ -83,18 +91,44 @@ class PairedDifference:
             warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
             test = stats.ttest_rel(second[seeds].to_numpy(), first[seeds].to_numpy())
             interval = test.confidence_interval(CONFIDENCE)
+            welch = _welch_interval(first[seeds].to_numpy(), second[seeds].to_numpy())
         return cls(differences, float(sum(differences) / len(differences)), float(interval.low),
-                   float(interval.high), float(test.pvalue))
+                   float(interval.high), float(test.pvalue), *welch)
+
+
+def _welch_interval(first, second) -> tuple[float, float]:
+    """The unpaired (Welch) 95% interval of mean(second) - mean(first); nan where either has no spread."""
+    if first.std() == 0 and second.std() == 0:
+        return math.nan, math.nan
+    interval = stats.ttest_ind(second, first, equal_var=False).confidence_interval(CONFIDENCE)
+    return float(interval.low), float(interval.high)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """A claim about two networks, the evidence, and the answer the evidence gives."""
+    """A claim about two networks, the evidence, and the answer the evidence gives: by the paired interval
+    alone, or (once ``control_family`` has seen it) by its Holm-adjusted p within its family."""
 
     claim: str  # "plain-34 trains worse than plain-18"
     answer: str  # one of ANSWERS
     difference: PairedDifference
     sentence: str
+    direction: str = "worse"  # the claim's: "worse" predicts a positive difference, "better" a negative one
+    family: str = ""  # the family it was judged in ("" before control_family)
+    family_size: int = 0  # verdicts of the family with a p-value (Holm's m)
+    adjusted_p: float = math.nan
+    raw_answer: str = ""  # the answer of the paired interval alone
+
+    @property
+    def welch_answer(self) -> str:
+        """What the unpaired (Welch) interval would read."""
+        d = self.difference
+        return _answer(PairedDifference(d.differences, d.mean, d.welch_low, d.welch_high, math.nan), self.direction)
+
+    @property
+    def readings_differ(self) -> bool:
+        """The paired and the unpaired interval read the claim differently (a flag on the page)."""
+        return self.difference.n >= 2 and self.welch_answer != (self.raw_answer or self.answer)
 
 
 @dataclass(frozen=True)
@@ -131,7 +165,61 @@ def judge(frame: pd.DataFrame, reference: tuple[str, str], subject: tuple[str, s
     difference = PairedDifference.of(first, second)
     answer = _answer(difference, claim)
     return Verdict(statement, answer, difference,
-                   _sentence(statement, answer, difference, names, note, first, second, measure.name, measure.unit))
+                   _sentence(statement, answer, difference, names, note, first, second, measure.name, measure.unit),
+                   direction=claim, raw_answer=answer)
+
+
+ALPHA = 1 - CONFIDENCE  # a family's error rate under Holm's correction
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given; nan (a verdict without a test) stays nan and does
+    not count towards the family's size."""
+    tested = sorted((p, index) for index, p in enumerate(p_values) if p == p)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[index] = running
+    return adjusted
+
+
+def control_family(family: str, verdicts: dict[str, Verdict]) -> dict[str, Verdict]:
+    """``verdicts`` as one family: each decided by its Holm-adjusted p (``Yes`` below 5% on the claimed side,
+    ``No`` on the other, else ``Not decided``), its sentence saying so, with the unpaired (Welch) interval
+    beside the paired one."""
+    adjusted = holm([v.difference.p_value for v in verdicts.values()])
+    size = sum(p == p for p in adjusted)
+    controlled = {}
+    for (key, verdict), p in zip(verdicts.items(), adjusted):
+        raw = verdict.raw_answer or verdict.answer
+        answer = raw if p != p else _adjusted_answer(verdict.difference, verdict.direction, p)
+        sentence = f"{answer}: " + verdict.sentence[len(f"{raw}: "):] + _family_clause(verdict, family, size, p,
+                                                                                    answer, raw)
+        controlled[key] = replace(verdict, answer=answer, sentence=sentence, family=family, family_size=size,
+                                  adjusted_p=p, raw_answer=raw)
+    return controlled
+
+
+def _adjusted_answer(difference: PairedDifference, claim: str, adjusted_p: float) -> str:
+    if adjusted_p >= ALPHA:
+        return "Not decided"
+    claimed = difference.mean > 0 if claim == "worse" else difference.mean < 0
+    return "Yes" if claimed else "No"
+
+
+def _family_clause(verdict: Verdict, family: str, size: int, adjusted_p: float, answer: str, raw: str) -> str:
+    d = verdict.difference
+    clause = ""
+    if adjusted_p == adjusted_p:
+        change = (f"; by the interval alone it would read {raw}" if answer != raw else "")
+        clause += (f" Family \u201c{family}\u201d ({size} verdicts), Holm-adjusted p = {adjusted_p:.2g}: "
+                   f"{answer}{change}.")
+    if d.n >= 2 and d.welch_low == d.welch_low:
+        flag = (f"; it reads {verdict.welch_answer}, not {raw}: the reading rests on the pairing"
+                if verdict.readings_differ else "")
+        clause += f" Unpaired (Welch) 95% CI [{d.welch_low:.2f}, {d.welch_high:.2f}]{flag}."
+    return clause
 
 
 def verdicts_by_length(frame: pd.DataFrame, reference: tuple[str, str], subject: tuple[str, str],

@@ -26,7 +26,7 @@ def depth(model: str) -> int:
 
 def analysis_cells(study: Study, outcome: StudyOutcome) -> list[Cell]:
     """The analysis cells of ``outcome``'s finished training runs, as ``study``'s profile asks for them: the
-    shattering of every network; the lesion of the deepest plain and residual nets and of the ablation; the loss
+    shattering and the lesion of every network and of the ablation; the loss
     surface of the deepest plain and residual nets."""
     finished = [c for c in outcome.cells if c.status in (TRAINED, SKIPPED) and c.run_id
                 and isinstance(c.cell.config, TrainConfig)]

@@ -32,7 +32,7 @@ from torch import nn
 
 from .. import paper
 from ..config import WARMUP_CHECK_STEPS, TrainConfig, processor_description
-from ..data import Cifar10, load_cifar10, subset, validation_split
+from ..data import Cifar10, load_cifar10, measurement_sample, subset, validation_split
 from ..measures import count_multiply_adds, count_parameters
 from ..models import build_model
 from ..paths import atomic_write_bytes, runs_dir
@@ -329,7 +329,7 @@ class _Run:
             metrics.update(test_error=test_error, test_loss=test_loss)
         metrics.update(lr=current_lr, max_step_loss=loss_max, epoch_seconds=seconds, images_per_second=images / seconds)
         if looked_at and config.diagnostics:  # Figure 7: the 3x3 responses, on a fixed batch of test images
-            fixed = slice(0, LAYER_STATISTICS_BATCH)
+            fixed = self.diagnostics_sample("test")
             metrics.update(layer_statistics(self.model, self.normalise(self.tensors["test_images"][fixed],
                                                                        torch.float32),
                                             self.tensors["test_labels"][fixed]))
@@ -340,8 +340,14 @@ class _Run:
         images (with diagnostics on)."""
         if not self.config.diagnostics:
             return {}
-        batch = self.normalise(self.tensors["train_images"][:LAYER_STATISTICS_BATCH], torch.float32)
+        batch = self.normalise(self.tensors["train_images"][self.diagnostics_sample("train")], torch.float32)
         return {f"stage_std_{when}_{stage}": std for stage, std in stage_output_stds(self.model, batch).items()}
+
+    def diagnostics_sample(self, split: str) -> torch.Tensor:
+        """The fixed batch the diagnostics measure on: a class-balanced sample of ``split`` drawn with the run's
+        seed (``data.measurement_sample``; its own generator, so training's draws are untouched)."""
+        labels = self.tensors[f"{split}_labels"]
+        return measurement_sample(labels.cpu(), LAYER_STATISTICS_BATCH, self.config.seed).to(labels.device)
 
     def restore(self, path: Path) -> _Progress:
         saved = torch.load(path, map_location=self.precision.device, weights_only=False)
