@@ -3,7 +3,8 @@
 The package in layers, each importing only from the layers above it in this list (tests/test_layout.py
 checks it, and that nothing here imports in a circle):
 
-* ``paper``, ``paths``: the paper's numbers; where generated files go.
+* ``paper``, ``paths``, ``readings``: the paper's numbers; where generated files go; how each analysis
+  reads its measurement, as its paper defines it (torch-free: the analyses and the report share it).
 * ``tracking/``: MLflow. ``keys`` (every tag, parameter and status name), ``store`` (which store,
   experiment and run; logging), ``server`` (``make server``), ``ui`` (``make ui``). Neither torch nor
   the training configuration.

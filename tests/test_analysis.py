@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from resnet.analysis import lesion, readings, shattering, surface
+from resnet import readings
+from resnet.analysis import lesion, shattering, surface
 from resnet.analysis.run import analyse
 from resnet.analysis_config import AnalysisConfig
 from resnet.config import ConfigError, TrainConfig

@@ -15,8 +15,8 @@ from scipy import stats
 from resnet.measures import count_multiply_adds, count_parameters
 from resnet.models import build_model
 from resnet.report.build import build_report, main
+from resnet.report.families import FAMILY_OF, controlled, family_table
 from resnet.report.results import IMAGENET_METRICS, collect_runs, read_csv
-from resnet.report.sections import family_table
 from resnet.report.statistics import control_family, holm, judge
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store
@@ -598,6 +598,17 @@ def test_each_seeds_crossing_and_the_disagreement_with_figure_6_are_stated_with_
     assert len(by_length["notes"]) == 6 and by_length["boundaries"] == 6  # every claim, 6 looks (39 .. 234)
     assert "seed 0 at 429, seed 1 at 702, seed 2 at 195" in sections.by_length(
         cpu_long, sections.depth_claims(cpu_long))["notes"][1]
+    # Controlled as a family (the paper's three claims, Holm), the laptop's No is not decided: said as such.
+    controlled_verdicts = controlled(verdicts, FAMILY_OF, "cifar-")
+    assert sections.disagreements(controlled_verdicts, claims, 234) == [
+        "ResNet-56 (A) reads worse than ResNet-20 (A) by its own interval here: +25.17 points [7.02, 43.32] in final "
+        "training error at 234 iterations (n = 3 seeds), p = 0.027; controlled with the 3 claims of its family "
+        "(Holm-adjusted p = 0.054) it is not decided. Against: the paper's deeper residual net ends better after "
+        "64,000 (Figure 6; Table 6 test error: ResNet-20 8.75%, ResNet-56 6.97%).",
+        "ResNet-56 (A, zero-init) reads worse than ResNet-20 (A) by its own interval here: +5.76 points [1.68, 9.83] "
+        "in final training error at 234 iterations (n = 3 seeds), p = 0.026; controlled with the 3 claims of its "
+        "family (Holm-adjusted p = 0.052) it is not decided. Against: the paper's deeper residual net ends better "
+        "after 64,000 (Figure 6; Table 6 test error: ResNet-20 8.75%, ResNet-56 6.97%)."]
     html = " ".join(unescape(build_report(laptop.iloc[0:0], laptop).html).split())
     assert "Where these runs disagree with the paper" in html and "no correction is made" in html
     assert "yet it trails the shallower net too" in html

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import readings
 from ..models import BasicBlock, Bottleneck, Network
 from ..training.engine import Normalisation, Precision, evaluate
-from . import readings
 
 
 class LesionError(ValueError):

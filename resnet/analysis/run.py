@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .. import readings
 from ..analysis_config import AT_INITIALISATION, AnalysisConfig
 from ..config import processor_description
 from ..data import measurement_sample
@@ -20,7 +21,7 @@ from ..models import build_model
 from ..tracking import keys, store
 from ..training.engine import Normalisation
 from ..training.loop import prepare_data
-from . import lesion, readings, shattering, surface
+from . import lesion, shattering, surface
 
 WEIGHTS_ARTIFACT = "state_dict.pt"  # what training.loop logs at the end of a run
 

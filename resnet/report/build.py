@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..paths import project_root
 from ..tracking import keys, store
-from . import sections, why_shortcuts
+from . import families, sections, why_shortcuts
 from .ablation import ablation_section
 from .figures import Figure, curves_figure, figure7
 from .imagenet import imagenet_section
@@ -90,7 +90,7 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
             "(training error thin, test error bold).")
         for key, (reference, subject, claim, note) in DEGRADATION_CLAIMS.items():
             verdicts[key] = judge(degradation, reference, subject, claim, note)
-        verdicts = sections.controlled(verdicts, sections.FAMILY_OF)
+        verdicts = families.controlled(verdicts, families.FAMILY_OF)
         responses = figure7(degradation, [("plain18", PLAIN), ("plain34", PLAIN), ("resnet18", A), ("resnet34", A)],
                             "figure7", "The paper's Figure 7: std of each 3x3 layer's response (after BN, before "
                             "the addition and ReLU) at the end of training, on a fixed batch of 256 test images.")
@@ -98,7 +98,7 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
         context["degradation"] = {
             "figure": paper_figure, "options_figure": options, "options_table": sections.options_table(degradation),
             "verdicts": [sections.verdict_view(v) for v in verdicts.values()],
-            "family_table": sections.family_table(list(verdicts.values())),
+            "family_table": families.family_table(list(verdicts.values())),
             "length": sections.run_length(degradation),
             "last_epoch": uses_last_epoch(degradation), "window": sections.final_error_window(degradation),
             "rows": row_view(degradation),
@@ -119,8 +119,8 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
             training="dashed")
         ablation = ablation_section(cifar_depth, networks, precision_control)
         depth_claims = sections.depth_claims(cifar_depth)
-        depth_verdicts = sections.controlled({f"cifar-{key}": judge(cifar_depth, *claim)
-                                              for key, claim in depth_claims.items()}, sections.FAMILY_OF, "cifar-")
+        depth_verdicts = families.controlled({f"cifar-{key}": judge(cifar_depth, *claim)
+                                              for key, claim in depth_claims.items()}, families.FAMILY_OF, "cifar-")
         by_length = sections.by_length(cifar_depth, depth_claims)
         verdicts.update(depth_verdicts)
         responses = figure7(cifar_depth, [n for n in networks if n[0] in ("plain20", "plain56", "resnet20", "resnet56",
@@ -130,7 +130,7 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
         why = why_shortcuts.section(analyses, cifar_depth)
         if why is not None:
             for part in why["parts"].values():
-                part["family_table"] = sections.family_table([v for _, v in part["verdicts"]])
+                part["family_table"] = families.family_table([v for _, v in part["verdicts"]])
                 part["verdicts"] = [(when, sections.verdict_view(v)) for when, v in part["verdicts"]]
         figures += [f for f in (depth_figure, by_length and by_length["figure"], ablation and ablation["figure"],
                                 responses, *why_shortcuts.figures(why)) if f is not None]
@@ -142,7 +142,7 @@ def build_report(degradation: pd.DataFrame, cifar_depth: pd.DataFrame | None = N
             "figure": depth_figure, "table": sections.depth_table(cifar_depth, networks),
             "length": sections.run_length(cifar_depth),
             "verdicts": [sections.verdict_view(v) for v in depth_verdicts.values()],
-            "family_table": sections.family_table(list(depth_verdicts.values())),
+            "family_table": families.family_table(list(depth_verdicts.values())),
             "last_epoch": uses_last_epoch(cifar_depth), "window": sections.final_error_window(cifar_depth),
             "rows": row_view(cifar_depth),
             "gaps": sections.gaps(cifar_depth, networks),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ..tracking.keys import CURVE_SECOND_X
 from .results import label, network_rows
 
 # One colour per curve in a panel, in order: the shallower net blue and the deeper red, as the paper's Figure 4.
@@ -153,3 +154,31 @@ def verdict_length_figure(panels: list[tuple[str, pd.DataFrame]], name: str, cap
     axes[0][0].set_ylabel("difference in final training error (points)")
     figure.tight_layout()
     return _render(figure, name, caption)
+
+
+def surface_contour(grid: pd.DataFrame, networks: list[tuple[str, str]]) -> Figure:
+    """Li et al.'s Figure 5: the loss over the plane of the first two directions, one panel per network (its
+    lowest seed; ``networks`` in the page's order), the same contour levels in every panel (from the lowest loss
+    to the 90th percentile of all)."""
+    import numpy as np
+
+    levels = np.linspace(grid["y"].min(), max(grid["y"].quantile(0.9), grid["y"].min() + 1e-6), 21)
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(networks), figsize=(4.6 * len(networks), 4.2), squeeze=False)
+    for axis, network in zip(axes[0], networks):
+        rows = grid[(grid["model"] == network[0]) & (grid["shortcut"] == network[1])]
+        seed = rows["seed"].min()
+        plane = rows[rows["seed"] == seed].pivot_table(index=CURVE_SECOND_X, columns="x", values="y")
+        filled = axis.contourf(plane.columns, plane.index, plane.to_numpy(), levels=levels, cmap="viridis",
+                               extend="max")
+        axis.contour(plane.columns, plane.index, plane.to_numpy(), levels=levels, colors="white", linewidths=0.4)
+        axis.plot([0], [0], marker="+", color="red", markersize=10)
+        axis.set_title(f"{label(*network)}, seed {seed}")
+        axis.set_xlabel("alpha (first direction)")
+        axis.set_aspect("equal")
+    axes[0][0].set_ylabel("beta (second direction)")
+    figure.colorbar(filled, ax=list(axes[0]), label="training loss", shrink=0.85)
+    return _render(figure, "loss-surface-2d", "The loss surface in two dimensions (Li et al. 2018, Figure 5): "
+                   "training loss at the final weights (red cross) plus alpha and beta times the first two "
+                   "filter-normalised directions, the same levels in both panels (losses above the top level in "
+                   "its colour); the lowest seed of each network.")

@@ -14,9 +14,10 @@ from typing import Any
 import pandas as pd
 
 from .. import paper
+from .families import PAPER_FAMILY, family_table
 from .figures import VALIDATION_CURVE, Figure, curves_figure
 from .results import final_training_errors, final_values, label, network_rows
-from .sections import DEGRADATION_CLAIMS, PAPER_FAMILY, PLAIN, A, family_table, gaps, provenance, verdict_view
+from .sections import DEGRADATION_CLAIMS, PLAIN, A, gaps, provenance, verdict_view
 from .statistics import TOP1_VALIDATION_ERROR_10CROP, TRAINING_ERROR, Verdict, control_family, judge, summarise
 
 IMAGENET_NETWORKS = [("plain18", PLAIN), ("plain34", PLAIN), ("resnet18", A), ("resnet34", A), ("resnet34", "B"),

@@ -12,9 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from ..analysis import readings
+from .. import readings
 from ..tracking import keys, store
-from .figures import PANEL_COLOURS, Figure, _pyplot, _render
+from .figures import PANEL_COLOURS, Figure, _pyplot, _render, surface_contour
 from .results import ZERO_INIT_A, final_training_errors, label
 from .statistics import Measure, Verdict, control_family, judge, summarise
 
@@ -33,7 +33,7 @@ CLAIMS = {
 }
 
 
-# What is measured, as declared in the code before the rerun of issue 35 (resnet.analysis.readings), on the page
+# What is measured, as declared in the code before the rerun of issue 35 (resnet.readings), on the page
 # beside each claim. Every sample is a fixed, seeded, class-balanced random draw of its split
 # (data.measurement_sample, the measured run's seed); the measurements before it took a prefix of a split that an
 # image folder lists class by class, so they measured airplanes only.
@@ -378,36 +378,8 @@ def _surface(points: pd.DataFrame, frame: pd.DataFrame) -> dict[str, Any]:
     header = ["network", "sign changes of the second difference (mean over directions)",
               "loss rise at alpha = +-0.5 / loss at the weights", "loss rise at alpha = +-0.5 (nats)",
               "loss at the weights, L(0)", "final train error (%)"]
-    return {"figure": drawn, "contour": _contour(grid) if not grid.empty else None,
+    return {"figure": drawn, "contour": surface_contour(grid, _networks(grid)) if not grid.empty else None,
             "table": {"header": header, "rows": rows}, "verdicts": verdicts}
-
-
-def _contour(grid: pd.DataFrame) -> Figure:
-    """Li et al.'s Figure 5: the loss over the plane of the first two directions, one panel per network (its
-    lowest seed), the same contour levels in every panel (from the lowest loss to the 90th percentile of all)."""
-    import numpy as np
-
-    networks = _networks(grid)
-    levels = np.linspace(grid["y"].min(), max(grid["y"].quantile(0.9), grid["y"].min() + 1e-6), 21)
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, len(networks), figsize=(4.6 * len(networks), 4.2), squeeze=False)
-    for axis, network in zip(axes[0], networks):
-        rows = grid[(grid["model"] == network[0]) & (grid["shortcut"] == network[1])]
-        seed = rows["seed"].min()
-        plane = rows[rows["seed"] == seed].pivot_table(index=keys.CURVE_SECOND_X, columns="x", values="y")
-        filled = axis.contourf(plane.columns, plane.index, plane.to_numpy(), levels=levels, cmap="viridis",
-                               extend="max")
-        axis.contour(plane.columns, plane.index, plane.to_numpy(), levels=levels, colors="white", linewidths=0.4)
-        axis.plot([0], [0], marker="+", color="red", markersize=10)
-        axis.set_title(f"{label(*network)}, seed {seed}")
-        axis.set_xlabel("alpha (first direction)")
-        axis.set_aspect("equal")
-    axes[0][0].set_ylabel("beta (second direction)")
-    figure.colorbar(filled, ax=list(axes[0]), label="training loss", shrink=0.85)
-    return _render(figure, "loss-surface-2d", "The loss surface in two dimensions (Li et al. 2018, Figure 5): "
-                   "training loss at the final weights (red cross) plus alpha and beta times the first two "
-                   "filter-normalised directions, the same levels in both panels (losses above the top level in "
-                   "its colour); the lowest seed of each network.")
 
 
 def figures(section_view: dict[str, Any] | None) -> list[Figure]:
