@@ -30,21 +30,25 @@ def environment(args) -> dict:
     that the study steps' budgets are training, not decoding."""
     from resnet.data import load_cifar10
 
-    started = time.perf_counter()
-    data = load_cifar10(args.data)
-    decoded = {"data": data.description, "train_images": len(data.train_labels),
-               "decode_seconds": round(time.perf_counter() - started, 1)}
+    # The GPU first, written at once: if the decoding below runs past the cap, what the machine is stays known.
     on_cuda = torch.cuda.is_available()
     result = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-              "gpu": None, "gpu_memory_gib": None, "driver": None, "python": sys.version.split()[0], **decoded}
+              "gpu": None, "gpu_memory_gib": None, "driver": None, "python": sys.version.split()[0]}
     if on_cuda:
         properties = torch.cuda.get_device_properties(0)
         result.update(gpu=properties.name, gpu_memory_gib=round(properties.total_memory / 2**30, 1))
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True)
-        result["driver"] = smi.stdout.strip() or None
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10)
+            result["driver"] = smi.stdout.strip() or None
+        except (OSError, subprocess.TimeoutExpired):
+            result["driver"] = None
+    _progress(args, result)
     _require(args.mode == "cpu" or on_cuda, "mode gpu but torch sees no CUDA GPU")
-    return result
+    started = time.perf_counter()
+    data = load_cifar10(args.data)
+    return {**result, "data": data.description, "train_images": len(data.train_labels),
+            "decode_seconds": round(time.perf_counter() - started, 1)}
 
 
 def graph(args) -> dict:
@@ -139,6 +143,13 @@ def science(args) -> dict:
     from resnet.report.results import collect_runs, read_csv, write_csv
     from resnet.studies.cli import main as study_main
 
+    # The committed CPU reference's verdicts first, written at once: a time-out of the cells below keeps them.
+    reference_frame = read_csv(REFERENCE_CSV)
+    reference_frame = reference_frame[(reference_frame["study"] == "cifar-depth")
+                                      & (reference_frame["profile"] == "cpu-long")]
+    reference = {key: _judged_like(verdict) for key, verdict in
+                 build_report(reference_frame.iloc[0:0], reference_frame).verdicts.items()}
+    _progress(args, {"cpu_reference": reference})
     study_file = str(_trimmed_cifar_depth(args.work, cut_models=args.mode != "gpu"))
     arguments = ["--study", study_file, "--profile", "cpu-long", "--data", args.data, "--tracking-uri", args.uri,
                  "--jobs", "4"]
@@ -153,14 +164,8 @@ def science(args) -> dict:
         ours = report.verdicts
         write_report(report, args.work / "cifar-depth.html")
         write_csv([frame], args.work / "cifar-depth.csv")
-    reference_frame = read_csv(REFERENCE_CSV)
-    reference_frame = reference_frame[(reference_frame["study"] == "cifar-depth")
-                                      & (reference_frame["profile"] == "cpu-long")]
-    reference = {key: _judged_like(verdict) for key, verdict in
-                 build_report(reference_frame.iloc[0:0], reference_frame).verdicts.items()}
-    verdicts = {key: {"claim": verdict.claim, "answer": verdict.answer, "mean": verdict.difference.mean,
-                      "low": verdict.difference.low, "high": verdict.difference.high, "n": verdict.difference.n,
-                      "cpu_reference": reference.get(key)} for key, verdict in ours.items()}
+    verdicts = {key: {"claim": verdict.claim, **_judged_like(verdict), "cpu_reference": reference.get(key)}
+                for key, verdict in ours.items()}
     finished = int((frame.drop_duplicates("run_id")["status"] == "FINISHED").sum()) if not frame.empty else 0
     result = {"exit_code": code, "seconds": round(seconds, 1), "cells_finished": finished,
               "devices": sorted(set(frame["device"].astype(str))) if not frame.empty else [],
@@ -236,8 +241,7 @@ def imagenet_cell(args) -> dict:
     else:
         settings.update(batch_size=4, mean_images=8, workers=0, backend="gloo", crop=32, scale_min=36, scale_max=48,
                         test_size=36, train_subset=2, val_subset=1, precision="fp32")
-    printed = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-                    "-m", "resnet.training.imagenet_loop", *[f"{key}={value}" for key, value in settings.items()]])
+    printed = _run(torchrun_command("resnet.training.imagenet_loop", settings))
     (run,) = _cell_runs(args.uri, "gpu-check-imagenet")
     params, metrics = run.data.params, run.data.metrics
     result = {"status": run.info.status, "device": run.data.tags.get("device"), "backend": params.get("backend"),
@@ -320,7 +324,29 @@ def _trimmed_cifar_depth(work: Path, cut_models: bool) -> Path:
 def _judged_like(verdict) -> dict:
     difference = verdict.difference
     return {"answer": verdict.answer, "mean": difference.mean, "low": difference.low, "high": difference.high,
-            "n": difference.n}
+            "n": difference.n, "p": difference.p_value, "holm_p": verdict.adjusted_p, "family": verdict.family}
+
+
+_PARTIAL: dict = {}  # what the running step has written so far, kept in its result if it then fails
+
+
+def _progress(args, result: dict) -> None:
+    """What the step has so far, as its JSON (status "running"): a step stopped at its cap keeps it."""
+    _PARTIAL.update(result)
+    record = {"status": "running", "result": result}
+    (args.work / f"{args.step}.json").write_text(json.dumps(_finite(record), indent=2, default=str, allow_nan=False))
+
+
+# torchrun's rendezvous on the loopback address: its default is the machine's host name, which need not resolve
+# on a machine without a network (port 0: a free one).
+RENDEZVOUS = ["--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--rdzv-id", "gpu-check",
+              "--local-addr", "127.0.0.1"]
+
+
+def torchrun_command(module: str, settings: dict) -> list[str]:
+    """One rank a node through torchrun, its rendezvous on 127.0.0.1."""
+    return [sys.executable, "-m", "torch.distributed.run", *RENDEZVOUS, "--nproc_per_node", "1", "-m", module,
+            *[f"{key}={value}" for key, value in settings.items()]]
 
 
 def _finite(value):
@@ -346,12 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result, status = STEPS[args.step](args), "passed"
     except StepFailed as failure:
-        result, status = {"failure": str(failure)}, "failed"
-    except Exception as error:  # a step's crash is its result; the next step still runs
+        result, status = {**_PARTIAL, "failure": str(failure)}, "failed"
+    except (Exception, SystemExit) as error:  # a step's crash (a parser's exit too) is its result; the next runs
         import traceback
 
         traceback.print_exc()
-        result, status = {"failure": f"{type(error).__name__}: {error}"}, "failed"
+        result, status = {**_PARTIAL, "failure": f"{type(error).__name__}: {error}"}, "failed"
     record = {"status": status, "seconds": round(time.perf_counter() - started, 1), "result": result}
     (args.work / f"{args.step}.json").write_text(json.dumps(_finite(record), indent=2, default=str, allow_nan=False))
     print(f"{args.step}: {status} in {record['seconds']} s", flush=True)
