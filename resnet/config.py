@@ -202,6 +202,15 @@ class TrainConfig:
             identity.pop(length, None)
         return identity_hash(identity)
 
+    def continued_lineage(self) -> str | None:
+        """The lineage whose kept states a run of this config may continue: its own on the paper's schedule; on
+        ``paper-compressed``, the paper's run of the same network, whose learning rate (0.1) it follows until its
+        own first drop, at half its length (``Schedule.follows_until`` checks a kept state's steps). So a CPU run
+        through the drops continues the lr-0.1 runs it shares a prefix with (the cpu-drops profile)."""
+        if self.schedule == "paper-compressed":
+            return replace(self, schedule="paper").lineage()
+        return self.lineage()
+
     def legacy_fingerprints(self) -> dict[str, bool]:
         """The fingerprints earlier versions gave this same experiment, each with whether its runs
         predate the precision setting (they ran bf16 on CUDA and fp32 on the CPU: the caller checks the

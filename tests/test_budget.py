@@ -10,7 +10,8 @@ from resnet.studies.cli import main
 from resnet.studies.spec import Cell, load_study
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store
-from resnet.training.loop import kept_states, train
+from resnet.training.checkpoints import kept_states
+from resnet.training.loop import train
 
 # Seconds per SGD step of each network in the hand-computed plans: a 56-layer step costs three 20-layer ones.
 STEP = {"plain20": 0.1, "resnet20:A": 0.1, "plain56": 0.3, "resnet56:A": 0.3}
@@ -200,14 +201,39 @@ def test_windows_inside_an_epoch_resume_and_continue_as_an_uninterrupted_run(sto
     assert whole_epochs.lineage() != windows.lineage()
 
 
-def test_a_run_that_ended_inside_an_epoch_or_a_length_dependent_schedule_is_not_continued(store, tmp_path):
+def test_a_run_that_ended_inside_an_epoch_continues_and_a_length_dependent_schedule_does_not(store, tmp_path):
+    """25 steps end inside epoch 3 (and its row): the longer run redraws that epoch from the kept generator and
+    finishes the row from the kept sums, as an uninterrupted run does, to the last digit."""
+    straight = train(TrainConfig(**TINY, iterations=40), tracking_uri=store, checkpoint_dir=tmp_path / "a",
+                     progress=False)
     train(TrainConfig(**TINY, iterations=25), tracking_uri=store, checkpoint_dir=tmp_path, progress=False)
     longer = train(TrainConfig(**TINY, iterations=40), tracking_uri=store, checkpoint_dir=tmp_path, progress=False)
-    run = mlflow_store.client(store).get_run(longer.run_id)
-    assert keys.CONTINUED_FROM_TAG not in run.data.tags  # 25 steps end inside epoch 3: its data order differs
+    assert mlflow_store.client(store).get_run(longer.run_id).data.tags[keys.PREFIX_STEPS_TAG] == "25"
+    assert _curve(longer.history) == _curve(straight.history)
     cosine = TrainConfig(**{**TINY, "schedule": "cosine"}, iterations=20)
     train(cosine, tracking_uri=store, checkpoint_dir=tmp_path, progress=False)
     assert cosine.lineage() is None and kept_states(cosine.resolved_for("cpu"), tmp_path) == {}
+
+
+def test_a_run_through_the_drops_continues_the_lr_0_1_run_it_shares_a_prefix_with(store, tmp_path):
+    """Issue 38 in miniature: paper-compressed over 28 steps drops at 14 and 21; the paper's run stopped at 13
+    (inside epoch 2 and inside a 4-step row) is its prefix, and continuing it gives the uninterrupted run's numbers
+    to the last digit. One stopped at 15 is past the first drop (its step 14 ran at lr 0.1) and is not continued."""
+    windowed = {**TINY, "window_steps": 4}
+    through = TrainConfig(**{**windowed, "schedule": "paper-compressed"}, iterations=28)
+    straight = train(through, tracking_uri=store, checkpoint_dir=tmp_path / "a", progress=False)
+    assert [row["lr"] for row in straight.history] == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert through.resolved_for("cpu").continued_lineage() == TrainConfig(**windowed).resolved_for("cpu").lineage()
+    train(TrainConfig(**windowed, iterations=13), tracking_uri=store, checkpoint_dir=tmp_path / "b", progress=False)
+    continued = train(through, tracking_uri=store, checkpoint_dir=tmp_path / "b", progress=False)
+    assert mlflow_store.client(store).get_run(continued.run_id).data.tags[keys.PREFIX_STEPS_TAG] == "13"
+    assert _curve(continued.history) == _curve(straight.history)
+    assert list(kept_states(through.resolved_for("cpu"), tmp_path / "b")) == [13]  # kept for other continuations
+
+    train(TrainConfig(**windowed, iterations=15), tracking_uri=store, checkpoint_dir=tmp_path / "c", progress=False)
+    fresh = train(through, tracking_uri=store, checkpoint_dir=tmp_path / "c", progress=False)
+    assert keys.PREFIX_STEPS_TAG not in mlflow_store.client(store).get_run(fresh.run_id).data.tags
+    assert _curve(fresh.history) == _curve(straight.history)
 
 
 def test_the_pool_counts_only_the_images_a_continued_cell_trained_and_the_plan_knows_what_is_kept(store, tmp_path):

@@ -6,7 +6,8 @@ import torch
 from resnet.config import ConfigError, TrainConfig
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store
-from resnet.training.loop import Schedule, TrainingDiverged, checkpoint_path, train
+from resnet.training.checkpoints import checkpoint_path
+from resnet.training.loop import Schedule, TrainingDiverged, train
 
 TINY = dict(model="resnet20", data="synthetic:320", batch_size=32, device="cpu", study="unit")
 

@@ -9,6 +9,7 @@ precision resolved for the device it gets); such a cell is never trained again.
 from __future__ import annotations
 
 import functools
+import math
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -105,16 +106,17 @@ def cell_runs(experiment: str, config: TrainConfig | ImageNetConfig, uri: str) -
 
 
 def kept_steps(cell: Cell, uri: str) -> int:
-    """The SGD steps of the longest finished run of ``cell``'s lineage (``TrainConfig.lineage``; its
-    precision resolved): the state a longer run of it continues (``training.loop`` keeps the longest
-    one). 0 where none is recorded."""
+    """The SGD steps of the longest finished run of the lineage ``cell`` continues (``TrainConfig.continued_lineage``;
+    its precision resolved), shorter than the cell: the state it continues (``training.loop`` keeps the longest
+    one; ``training.checkpoints.continuable`` also checks the learning rates agree). 0 where none is recorded."""
     config = cell.config.resolved_for("cpu") if isinstance(cell.config, TrainConfig) else None
-    if config is None or config.lineage() is None:
+    lineage = config.continued_lineage() if config is not None else None
+    if lineage is None:
         return 0
     experiment = store.experiment_id(config.study, store.prepare_store(uri))
-    runs = store.find_runs(experiment, uri, **{keys.LINEAGE_TAG: config.lineage()})
-    return max((last_step(r) for r in runs if r.info.status == keys.STATUS_FINISHED
-                and r.data.tags.get(keys.CELL_TAG) == cell.name), default=0)
+    runs = store.find_runs(experiment, uri, **{keys.LINEAGE_TAG: lineage})
+    return max((steps for r in runs if r.info.status == keys.STATUS_FINISHED and r.data.tags.get(keys.CELL_TAG)
+                == cell.name and (steps := last_step(r)) < (config.iterations or math.inf)), default=0)
 
 
 def visible_gpus() -> list[int]:

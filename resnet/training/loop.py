@@ -35,9 +35,10 @@ from ..config import WARMUP_CHECK_STEPS, TrainConfig, processor_description
 from ..data import Cifar10, load_cifar10, measurement_sample, subset, validation_split
 from ..measures import count_multiply_adds, count_parameters
 from ..models import build_model
-from ..paths import atomic_write_bytes, runs_dir
+from ..paths import atomic_write_bytes
 from ..tracking import keys, store
 from ..tracking.keys import TOTAL_STEPS_PARAM
+from .checkpoints import checkpoint_path, continuable, keep_last_state
 from .console import print_row, progress_bar
 from .engine import (
     LAYER_STATISTICS_BATCH,
@@ -89,25 +90,6 @@ def prepare_data(config: TrainConfig, data: Cifar10 | None = None) -> Cifar10:
     return data
 
 
-def checkpoint_path(config: TrainConfig, checkpoint_dir: Path | None = None) -> Path:
-    """Where the run of ``config`` (its precision resolved) keeps its last epoch."""
-    return _checkpoint_folder(config, checkpoint_dir) / f"{config.run_name}-{config.fingerprint()}.pt"
-
-
-def _checkpoint_folder(config: TrainConfig, checkpoint_dir: Path | None) -> Path:
-    return Path(checkpoint_dir) if checkpoint_dir is not None else runs_dir() / config.study / "checkpoints"
-
-
-def kept_states(config: TrainConfig, checkpoint_dir: Path | None = None) -> dict[int, Path]:
-    """The last states kept from finished runs of ``config``'s lineage (``TrainConfig.lineage``), by the
-    SGD steps each holds: what a longer run of the lineage continues instead of starting again."""
-    lineage = config.lineage()
-    if lineage is None:
-        return {}
-    folder = _checkpoint_folder(config, checkpoint_dir) / "kept"
-    return {int(path.stem.rsplit("-", 1)[1]): path for path in folder.glob(f"{config.run_name}-{lineage}-*.pt")}
-
-
 def train(
     config: TrainConfig,
     *,
@@ -137,10 +119,12 @@ def train(
     if checkpoint_file.is_file():
         state = run.restore(checkpoint_file)
         state.run_id = store.reopen_run(mlflow_client, state.run_id)
-    elif (kept := _continuable(config, run.schedule, checkpoint_dir)) is not None:
+    elif (kept := continuable(config, run.schedule, len(data.train_labels), checkpoint_dir)) is not None:
         state = run.restore(kept)
         continued_from, state.run_id = state.run_id, None
         state.history = [_as_logged(row, config) for row in state.history]
+        if state.step % run.schedule.steps_per_row:  # kept inside a row: this run finishes that row
+            run.resume_row(state.history.pop(), state.step)
         print(f"continuing {config.run_name} from iteration {state.step:,} (a finished shorter run, MLflow run "
               f"{continued_from}): its first {len(state.history)} rows are not trained again", flush=True)
     else:
@@ -195,30 +179,8 @@ def train(
         "state_dict.pt": run.weights(), **_history_files(state.history),
         "config.json": json.dumps(config.to_dict(), indent=2).encode()})
     mlflow_client.set_terminated(state.run_id, keys.STATUS_FINISHED)
-    _keep_last_state(config, checkpoint_file, state.step, checkpoint_dir)
+    keep_last_state(config, checkpoint_file, state.step, checkpoint_dir)
     return result
-
-
-def _continuable(config: TrainConfig, schedule: Schedule, checkpoint_dir: Path | None) -> Path | None:
-    """The longest kept state this run continues: shorter than it, and ending on a row boundary (the kept
-    generator redraws the epoch it stopped in, as an uninterrupted run drew it: ``_Run.batch``)."""
-    fitting = {steps: path for steps, path in kept_states(config, checkpoint_dir).items()
-               if steps < schedule.total_steps and steps % schedule.steps_per_row == 0}
-    return fitting[max(fitting)] if fitting else None
-
-
-def _keep_last_state(config: TrainConfig, checkpoint_file: Path, steps: int, checkpoint_dir: Path | None) -> None:
-    """A finished run's last state (weights, momentum, data order, the error window) is kept for a longer
-    run of its lineage to continue, the longest one only; the weights alone also live in MLflow."""
-    kept = kept_states(config, checkpoint_dir)
-    if config.lineage() is None or not checkpoint_file.is_file() or any(longer >= steps for longer in kept):
-        checkpoint_file.unlink(missing_ok=True)
-        return
-    destination = checkpoint_file.parent / "kept" / f"{config.run_name}-{config.lineage()}-{steps}.pt"
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint_file.replace(destination)
-    for path in kept.values():
-        path.unlink(missing_ok=True)
 
 
 # What an epoch logs every time; the test error and the diagnostics only where the run looks at the test set.
@@ -296,8 +258,10 @@ class _Run:
             self.train_step = make_train_step(self.model, self.optimizer, self.precision, self.record,
                                               config.step_mode, self.batch(state.step))
         started = time.perf_counter()  # after any capture: capture time is not training time
-        self.record.reset_epoch()
-        steps = min(schedule.steps_per_row, schedule.total_steps - state.step)
+        row_start = state.step - state.step % schedule.steps_per_row  # below state.step: a continued row
+        if row_start == state.step:
+            self.record.reset_epoch()
+        steps = min(row_start + schedule.steps_per_row, schedule.total_steps) - state.step
         bar = progress_bar(progress, steps * batch, f"{config.run_name} {epoch}/{schedule.rows}")
         current_lr = None
         for _ in range(steps):
@@ -312,7 +276,7 @@ class _Run:
                 state.warming_up = self.record.recent_error(WARMUP_CHECK_STEPS, batch) >= paper.WARMUP_UNTIL_TRAIN_ERROR
             if bar is not None:
                 bar.update(batch)
-        images = steps * batch
+        images = (state.step - row_start) * batch
         loss_sum, error_count, loss_max = torch.stack(  # the epoch's one host sync
             [self.record.loss_sum, self.record.error_count.float(), self.record.loss_max]).tolist()
         seconds = time.perf_counter() - started
@@ -327,13 +291,21 @@ class _Run:
             test_loss, test_error = evaluate(self.model, self.tensors["test_images"], self.tensors["test_labels"],
                                              self.precision, self.normalise)
             metrics.update(test_error=test_error, test_loss=test_loss)
-        metrics.update(lr=current_lr, max_step_loss=loss_max, epoch_seconds=seconds, images_per_second=images / seconds)
+        metrics.update(lr=current_lr, max_step_loss=loss_max, epoch_seconds=seconds,
+                       images_per_second=steps * batch / seconds)
         if looked_at and config.diagnostics:  # Figure 7: the 3x3 responses, on a fixed batch of test images
             fixed = self.diagnostics_sample("test")
-            metrics.update(layer_statistics(self.model, self.normalise(self.tensors["test_images"][fixed],
-                                                                       torch.float32),
-                                            self.tensors["test_labels"][fixed]))
+            sample = self.normalise(self.tensors["test_images"][fixed], torch.float32)
+            metrics.update(layer_statistics(self.model, sample, self.tensors["test_labels"][fixed]))
         return metrics
+
+    def resume_row(self, row: dict[str, float], step: int) -> None:
+        """Go on with a row a kept run ended inside (it logged that part as a short row): its sums as that run
+        had them (exactly: the logged means are the float32 sums divided by the images), its test look dropped."""
+        images = (step % self.schedule.steps_per_row) * self.config.batch_size
+        self.record.loss_sum.fill_(row["train_loss"] * images)
+        self.record.error_count.fill_(round(row["train_error"] * images / 100.0))
+        self.record.loss_max.fill_(row["max_step_loss"])
 
     def stage_stds(self, when: str) -> dict[str, float]:
         """``stage_std_<when>_<stage>``: the residual stream's std on a fixed batch of training

@@ -56,3 +56,10 @@ class Schedule:
             return 0.5 * self.base_lr * (1 + math.cos(math.pi * step / self.total_steps))
         drops = sum(step >= milestone for milestone in self.milestone_steps)
         return self.base_lr * paper.LR_DROP_FACTOR**drops
+
+    def follows_until(self, other: Schedule, steps: int) -> bool:
+        """Whether this schedule's learning rate is ``other``'s at every step before ``steps``: a state ``other``'s
+        run kept at ``steps`` is then a prefix of this run (neither is length-dependent before it)."""
+        if "cosine" in (self.kind, other.kind) or self.base_lr != other.base_lr:
+            return False
+        return ([m for m in self.milestone_steps if m < steps] == [m for m in other.milestone_steps if m < steps])
