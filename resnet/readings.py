@@ -59,15 +59,29 @@ def surface_summary(curves: list[dict[float, float]]) -> dict[str, float]:
     * ``relative_rise`` (secondary): the loss rise at alpha = +-0.5 as a share of the loss at the weights, so that
       nets that end at different losses compare;
     * ``rise_at_half``: that rise in nats, the measure the page used before (kept for the record).
-    """
+
+    Where +-0.5 is not a grid point (the 51-point grid steps by 0.04: 0.48, 0.52), the loss there is interpolated
+    linearly between its neighbours."""
     rises, relative, changes = [], [], []
     for curve in curves:
         at = {round(alpha, 6): loss for alpha, loss in curve.items()}
-        if {0.0, 0.5, -0.5} <= set(at):
-            rises.append((at[0.5] + at[-0.5]) / 2 - at[0.0])
+        half = [_interpolated(at, alpha) for alpha in (0.5, -0.5)]
+        if 0.0 in at and all(value == value for value in half):
+            rises.append(sum(half) / 2 - at[0.0])
             relative.append(rises[-1] / at[0.0] if at[0.0] > 0 else math.nan)
         changes.append(curvature_sign_changes([at[alpha] for alpha in sorted(at)]))
     return {"rise_at_half": _mean(rises), "relative_rise": _mean(relative), "curvature_sign_changes": _mean(changes)}
+
+
+def _interpolated(curve: dict[float, float], alpha: float) -> float:
+    """The loss at ``alpha``: the curve's own point, else linear between the grid points either side (nan outside)."""
+    if alpha in curve:
+        return curve[alpha]
+    below = max((a for a in curve if a < alpha), default=None)
+    above = min((a for a in curve if a > alpha), default=None)
+    if below is None or above is None:
+        return math.nan
+    return curve[below] + (curve[above] - curve[below]) * (alpha - below) / (above - below)
 
 
 def curvature_sign_changes(losses: list[float], floor: float = CURVATURE_FLOOR) -> int:

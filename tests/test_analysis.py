@@ -129,6 +129,12 @@ def test_the_non_convexity_counts_the_bends_of_a_curve_and_not_the_wobbles_under
     two_directions = readings.surface_summary([{-0.5: 1.5, 0.0: 1.0, 0.5: 1.5}, {-0.5: 3.0, 0.0: 2.0, 0.5: 2.0}])
     assert two_directions == {"rise_at_half": pytest.approx(0.5), "relative_rise": pytest.approx(0.375),
                               "curvature_sign_changes": 0}
+    # Li et al.'s 51-point grid has no +-0.5 (it steps by 0.04): the loss there is read between 0.48 and 0.52.
+    grid = [round(-1 + 0.04 * i, 6) for i in range(51)]
+    assert 0.5 not in grid
+    bowl = readings.surface_summary([{alpha: 1.0 + alpha**2 for alpha in grid}])
+    assert bowl["rise_at_half"] == pytest.approx((0.48**2 + 0.52**2) / 2) and bowl["curvature_sign_changes"] == 0
+    assert bowl["relative_rise"] == pytest.approx(bowl["rise_at_half"])
 
 
 def test_the_shattering_references_are_white_and_brownian_noise_and_its_summary_reads_the_decay():
