@@ -70,6 +70,11 @@ class TrainConfig:
     step_mode: str = "auto"  # auto (CUDA graph on CUDA, eager on CPU) | eager | cuda-graph
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on the CPU) | bf16 | fp32 | best (bf16 where native, else fp32)
     normalisation: str = "per-pixel"  # per-pixel: the paper's mean image | per-channel: official mean and std
+    # Memory layout of the step's tensors: auto (channels_last in bf16 and on CUDA; in fp32 on a CPU, contiguous
+    # unless the study measured channels_last faster here and chose it: studies.budget.choose_layout) |
+    # contiguous | channels_last. In the identity where it is not the layout its precision always ran in
+    # (HISTORICAL_LAYOUT): the two layouts run other kernels, whose float sums differ in the last bits.
+    layout: str = "auto"
     diagnostics: bool = False  # per-stage gradient norms, 3x3 response and stage output std (Figure 7)
     # SGD steps per history row (its training error is over them; so is the final training error):
     # None, one epoch (the final error over at most the paper's 390 steps); the CPU profiles use 39 steps
@@ -109,6 +114,7 @@ class TrainConfig:
             except ValueError as error:
                 fail(key, str(error))
         one_of("schedule", SCHEDULES, "schedule")
+        one_of("layout", LAYOUTS, "memory layout")
         one_of("step_mode", STEP_MODES, "step mode")
         one_of("precision", PRECISIONS, "precision")
         one_of("normalisation", NORMALISATIONS, "normalisation")
@@ -162,8 +168,9 @@ class TrainConfig:
         return values
 
     def resolved_for(self, device_type: str) -> TrainConfig:
-        """This config as it runs on a ``device_type`` ("cuda" or "cpu") device: precision decided."""
-        return replace(self, precision=resolve_precision(self.precision, device_type))
+        """This config as it runs on a ``device_type`` ("cuda" or "cpu") device: precision and layout decided."""
+        precision = resolve_precision(self.precision, device_type)
+        return replace(self, precision=precision, layout=resolve_layout(self.layout, precision, device_type))
 
     def device_type(self, gpus: bool) -> str:
         """Where this run goes when its executor gives it GPUs (``gpus``) or not: every cell goes on a
@@ -236,7 +243,35 @@ class TrainConfig:
                     if k not in NOT_IDENTITY and not (k in IDENTITY_ONLY_IF_SET and v == IDENTITY_ONLY_IF_SET[k])}
         if self.warmup:
             identity["warmup_check_steps"] = WARMUP_CHECK_STEPS
+        if self.layout in ("auto", HISTORICAL_LAYOUT.get(self.precision)):  # auto: as its precision always ran
+            del identity["layout"]
         return identity
+
+
+LAYOUTS = ("auto", "contiguous", "channels_last")
+# The layout each precision ran in before the layout was a setting: bf16 channels_last (oneDNN's and cuDNN's bf16
+# kernels), fp32 contiguous (every CPU run; no fp32 run has been recorded on CUDA).
+HISTORICAL_LAYOUT = {"bf16": "channels_last", "fp32": "contiguous"}
+
+
+# An fp32 CPU study leaves contiguous, the layout every fp32 run so far has had, only for a clear gain: a choice
+# that flipped between two measurements would put a study's runs in two layouts (two identities).
+LAYOUT_GAIN = 1.05
+
+
+def faster_layout(step_seconds: dict[str, float]) -> str:
+    """The layout an fp32 CPU study trains in, from each layout's measured step time: channels_last where it is
+    at least LAYOUT_GAIN times as fast, else contiguous."""
+    return ("channels_last" if step_seconds["contiguous"] >= LAYOUT_GAIN * step_seconds["channels_last"]
+            else "contiguous")
+
+
+def resolve_layout(layout: str, precision: str, device_type: str) -> str:
+    """``auto``: channels_last in bf16 and on CUDA, else contiguous (a study on an fp32 CPU passes its
+    measured choice instead); a named layout stays."""
+    if layout != "auto":
+        return layout
+    return "channels_last" if precision == "bf16" or device_type == "cuda" else "contiguous"
 
 
 def resolve_precision(precision: str, device_type: str) -> str:

@@ -18,7 +18,7 @@ STEP = {"plain20": 0.1, "resnet20:A": 0.1, "plain56": 0.3, "resnet56:A": 0.3}
 
 
 def _stub_probe(calls):
-    def probe(networks, precision, threads, parallel, batch_size):
+    def probe(networks, precision, threads, parallel, batch_size, layout="auto"):
         calls.append((tuple(networks), precision, threads, parallel, batch_size))
         # Ideal scaling with threads, so that the 64-core plan (4 threads a cell) is computed by hand too.
         return {n: {"step_seconds": STEP[n] / threads, "test_image_seconds": 0.0} for n in networks}
@@ -100,6 +100,11 @@ def test_bad_budgets_and_unplannable_profiles_are_refused_before_any_work(monkey
         main(["--study", "cifar-depth", "--profile", "laptop", "--minutes", "10", "--plan",
               "--set", "schedule=paper-compressed"])
     assert "a time budget needs the paper's schedule" in capsys.readouterr().err
+    # The plumbing check runs 2 epochs of 128 images: a budget has no length to choose for it (it used to probe
+    # ResNet-18/34 for minutes before it said anything).
+    with pytest.raises(SystemExit):
+        main(["--study", "smoke", "--minutes", "30", "--plan"])
+    assert "a time budget chooses how long the paper's schedule runs, from 234 iterations up" in capsys.readouterr().err
 
 
 def test_plan_prints_and_exits_and_minutes_picks_a_profile_of_that_length(store, monkeypatch, capsys):
@@ -109,7 +114,7 @@ def test_plan_prints_and_exits_and_minutes_picks_a_profile_of_that_length(store,
     monkeypatch.setattr("resnet.studies.cli.run_study", lambda study, **options: ran.append(study))
     assert main(["--study", "cifar-depth", "--profile", "laptop", "--minutes", "30", "--plan"]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("plan: ") and "15 cells, 2 at a time on 2 cores (1 thread each)" in printed
+    assert "\nplan: " in f"\n{printed}" and "15 cells, 2 at a time on 2 cores (1 thread each)" in printed
     assert ran == []
     # A plan for a machine of 16 such cores: 15 cells at once, their step times measured 2 at a time here.
     calls = []
@@ -126,6 +131,85 @@ def test_plan_prints_and_exits_and_minutes_picks_a_profile_of_that_length(store,
     length = planned.cells[0].config.iterations
     assert length > 234 and length % 39 == 0 and planned.profile == f"laptop-{length}"
     assert {c.config.iterations for c in planned.cells} == {length}
+
+
+# --------------------------------------------------------------------------------------------
+# The memory layout of fp32 CPU cells, measured (issue 39)
+# --------------------------------------------------------------------------------------------
+def _layout_probe(calls, channels_last_speedup):
+    def probe(networks, precision, threads, parallel, batch_size, layout="auto"):
+        calls.append((precision, layout))
+        factor = 1 / channels_last_speedup if layout == "channels_last" else 1.0
+        return {n: {"step_seconds": STEP[n] * factor, "test_image_seconds": 0.0, "step_spread": 0.04}
+                for n in networks}
+    return probe
+
+
+@pytest.mark.parametrize("speedup, chosen", [(1.3, "channels_last"), (1.04, "contiguous"), (0.8, "contiguous")])
+def test_fp32_cells_train_in_the_layout_measured_faster_here_and_the_plan_says_which(
+        store, monkeypatch, capsys, speedup, chosen):
+    """Both layouts timed (stubbed), channels_last chosen only for a gain of 5% or more; the plan and the cells
+    carry the choice, and a contiguous cell keeps the fingerprint every fp32 run had before the setting."""
+    calls = []
+    monkeypatch.setattr(budget, "probe_networks", _layout_probe(calls, speedup))
+    monkeypatch.setattr("resnet.studies.cli.usable_cores", lambda: 2)
+    assert main(["--study", "cifar-depth", "--profile", "laptop", "--set", "precision=fp32", "--plan"]) == 0
+    printed = capsys.readouterr().out
+    sums = {"contiguous": 1.6, "channels_last": 1.6 / speedup}  # 3 x (0.1 + 0.3) ... over the 4 networks: 0.8
+    sums = {layout: value / 2 for layout, value in sums.items()}
+    other = "contiguous" if chosen == "channels_last" else "channels_last"
+    assert (f"layout: {chosen} for the fp32 cells, {sums[other] / sums[chosen]:.2f}x the speed of {other} here "
+            f"(one step of each network, summed: {sums[chosen]:.2f} s against {sums[other]:.2f} s") in printed
+    assert f"in fp32, {chosen}: about" in printed and "measured to within 4% between rounds" in printed
+    assert calls == [("fp32", "contiguous"), ("fp32", "channels_last"), ("fp32", chosen)]
+
+    ran = []
+    monkeypatch.setattr("resnet.studies.cli.run_study", lambda study, **options: ran.append(study))
+    with pytest.raises(AttributeError):  # the stub returns no outcome; the study it was given is what counts
+        main(["--study", "cifar-depth", "--profile", "laptop", "--set", "precision=fp32"])
+    config = ran[0].cells[0].config.resolved_for("cpu")
+    before = TrainConfig(**{**ran[0].cells[0].parameters, "layout": "auto"}).resolved_for("cpu")
+    assert config.layout == chosen and before.layout == "contiguous"
+    assert (config.fingerprint() == before.fingerprint()) == (chosen == "contiguous")
+
+
+def test_bf16_cells_keep_channels_last_without_a_measurement(store, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(budget, "probe_networks", _layout_probe(calls, 1.3))
+    monkeypatch.setattr("resnet.studies.cli.usable_cores", lambda: 2)
+    assert main(["--study", "cifar-depth", "--profile", "laptop", "--set", "precision=bf16", "--plan"]) == 0
+    assert "in bf16, channels_last: about" in capsys.readouterr().out and calls == [("bf16", "channels_last")]
+    bf16 = TrainConfig(precision="bf16").resolved_for("cpu")
+    assert bf16.layout == "channels_last" and bf16.fingerprint() == "93ea2c418279cdb7"  # as before the setting
+    assert TrainConfig(precision="fp32").resolved_for("cpu").fingerprint() == "00923ed2783c67ef"
+    assert TrainConfig(precision="fp32", layout="channels_last").resolved_for("cpu").fingerprint() != "00923ed2783c67ef"
+    with pytest.raises(ValueError, match="layout: unknown memory layout 'nhwc'; legal values: auto, contiguous, "
+                                         "channels_last"):
+        TrainConfig(layout="nhwc")
+
+
+def test_the_probe_takes_fewer_steps_where_steps_are_slow(monkeypatch):
+    """A step of 0.3 s against a bound of 2 s: 2 untimed steps and one a round (3 timed), 1.5 s of steps in all;
+    a fast step keeps the full 4 + 3 x 4."""
+    import time
+
+    from resnet.training import probe
+
+    steps = []
+
+    def stub_step(seconds):
+        def make(*args):
+            return lambda images, labels: (steps.append(seconds), time.sleep(seconds))
+        return make
+
+    monkeypatch.setattr(probe, "make_train_step", stub_step(0.3))
+    slow = probe.network_seconds("resnet20", "A", "fp32", batch_size=8, seconds=2.0)
+    assert slow["timed_steps"] == 3 and len(steps) == 5
+    assert slow["step_seconds"] == pytest.approx(0.3, rel=0.2) and 0 <= slow["step_spread"] < 0.2
+    steps.clear()
+    monkeypatch.setattr(probe, "make_train_step", stub_step(0.001))
+    assert probe.network_seconds("resnet20", "A", "fp32", batch_size=8, seconds=2.0)["timed_steps"] == 12
+    assert len(steps) == 16
 
 
 # --------------------------------------------------------------------------------------------

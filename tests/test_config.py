@@ -51,15 +51,16 @@ def test_fingerprint_is_the_identity_of_the_experiment_not_of_where_it_runs():
     base = TrainConfig(model="plain20", epochs=3, schedule="cosine").resolved_for("cpu")
     # The hash of the identity fields, nothing else: 16 hex digits of SHA-256 over sorted JSON.
     where = ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell")
-    # zero_init_residual and window_steps at their defaults are left out, so that runs recorded before they
-    # existed still match.
-    identity = {k: v for k, v in base.to_dict().items() if k not in where + ("zero_init_residual", "window_steps")}
+    # zero_init_residual and window_steps at their defaults, and the layout its precision always ran in, are left
+    # out, so that runs recorded before they existed still match.
+    left_out = ("zero_init_residual", "window_steps", "layout")
+    identity = {k: v for k, v in base.to_dict().items() if k not in where + left_out}
     assert base.fingerprint() == hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     same_experiment = TrainConfig(model="plain20", epochs=3, schedule="cosine", device="cpu", study="elsewhere",
                                   step_mode="eager", run_name="renamed", cell="x").resolved_for("cpu")
     assert same_experiment.fingerprint() == base.fingerprint()
     for change in (dict(seed=1), dict(lr=0.05), dict(epochs=4), dict(model="plain32"), dict(precision="bf16"),
-                   dict(window_steps=39)):
+                   dict(window_steps=39), dict(layout="channels_last")):
         other = TrainConfig(**{"model": "plain20", "epochs": 3, "schedule": "cosine", **change}).resolved_for("cpu")
         assert other.fingerprint() != base.fingerprint(), change
 
@@ -78,9 +79,10 @@ def _hash(identity: dict) -> str:
 
 
 def test_legacy_fingerprints_are_the_identities_earlier_versions_recorded():
-    # Not in the identity (where it ran), or added since (zero_init_residual, window_steps: absent at their defaults).
+    # Not in the identity (where it ran), or added since (zero_init_residual, window_steps: absent at their defaults;
+    # layout: absent where it is the one its precision always ran in).
     where = ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell", "zero_init_residual",
-             "window_steps")
+             "window_steps", "layout")
     compressed = TrainConfig(model="plain20", iterations=3900, schedule="paper-compressed",
                              normalisation="per-channel").resolved_for("cuda")
     identity = {k: v for k, v in compressed.to_dict().items() if k not in where + ("normalisation",)}
@@ -129,7 +131,7 @@ def test_zero_init_residual_is_part_of_the_identity_and_the_name_and_leaves_earl
     # their fingerprint (the hash of the identity without the key).
     identity = {k: v for k, v in default.to_dict().items()
                 if k not in ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell",
-                             "zero_init_residual", "window_steps")}
+                             "zero_init_residual", "window_steps", "layout")}
     assert default.fingerprint() == hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     assert zeroed.fingerprint() == hashlib.sha256(
         json.dumps({**identity, "zero_init_residual": True}, sort_keys=True).encode()).hexdigest()[:16]
@@ -140,7 +142,7 @@ def test_warmup_runs_carry_the_rule_that_ends_the_warmup_in_their_identity():
     plain = TrainConfig(model="resnet110", precision="fp32")
     warm = TrainConfig(model="resnet110", precision="fp32", warmup=True)
     where = ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell", "zero_init_residual",
-             "window_steps")
+             "window_steps", "layout")
     identity = {k: v for k, v in warm.to_dict().items() if k not in where}
     # Earlier runs judged the warm-up once per epoch: their fingerprint (without the rule) is not today's.
     assert warm.fingerprint() == _hash({**identity, "warmup_check_steps": 20}) != _hash(identity)

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from .. import paper
-from ..config import TrainConfig, identity_hash, processor_description
+from ..config import TrainConfig, faster_layout, identity_hash, processor_description
 from ..measures import count_multiply_adds
 from ..models import build_model
 from ..paths import atomic_write_bytes, runs_dir
@@ -93,9 +93,8 @@ class CellTime:
     def seconds(self, iterations: int) -> float:
         rows = math.ceil(iterations / self.steps_per_row)
         evaluations = rows // self.eval_every + (rows % self.eval_every > 0)
-        # A kept run is continued where it is shorter and ends on a row boundary (``training.loop``).
-        continued = self.kept_steps < iterations and self.kept_steps % self.steps_per_row == 0
-        start = self.kept_steps if continued else 0
+        # A kept run is continued where it is shorter (``training.checkpoints.continuable``).
+        start = self.kept_steps if self.kept_steps < iterations else 0
         if start:
             kept_rows = start // self.steps_per_row
             evaluations -= kept_rows // self.eval_every
@@ -128,6 +127,8 @@ class Plan:
     budget_seconds: float | None
     continued: int = 0  # cells that continue a kept shorter run
     times: dict[str, CellTime] = field(default_factory=dict)  # each cell's costs, by name, for the time left
+    precision: str = ""  # and layout: what the cells compute in, e.g. "bf16, channels_last"
+    spread: float = 0.0  # the probe's largest spread between its rounds of one network (training.probe)
 
     @property
     def fits(self) -> bool:
@@ -140,8 +141,9 @@ class Plan:
         head = (f"plan: {self.iterations:,} iterations ({length}; the profile's own "
                 f"length is {self.profile_iterations:,}), {self.cells} cells, {self.jobs} at a time on {self.cores} "
                 f"core{'s' if self.cores != 1 else ''} ({self.threads} thread{'s' if self.threads != 1 else ''} each)"
-                f"{f', {self.continued} continuing a kept shorter run' if self.continued else ''}: "
-                f"about {self.seconds / 60:.1f} min")
+                f"{f', {self.continued} continuing a kept shorter run' if self.continued else ''}"
+                f"{f', in {self.precision}' if self.precision else ''}: about {self.seconds / 60:.1f} min"
+                f"{f' (step times measured to within {self.spread:.0%} between rounds)' if self.spread else ''}")
         if self.budget_seconds is None:
             return head
         budget = f"{self.budget_seconds / 60:g} min"
@@ -182,22 +184,25 @@ Probe = Callable[[list[str], str, int, int, int], dict[str, dict[str, float]]]
 
 
 def probe_networks(networks: list[str], precision: str, threads: int, parallel: int,
-                   batch_size: int = paper.BATCH_SIZE) -> dict[str, dict[str, float]]:
+                   batch_size: int = paper.BATCH_SIZE, layout: str = "auto") -> dict[str, dict[str, float]]:
     """Seconds per step and per test image of each network, from ``training.probe`` run in ``parallel``
     processes at once (as loaded as the study's cells will be), read from the cache when measured before
     on this machine with this torch."""
     identity = {"processor": processor_description(), "torch": torch.__version__, "precision": precision,
-                "threads": threads, "parallel": parallel, "batch_size": batch_size, "steps": "4+3x4"}
+                "threads": threads, "parallel": parallel, "batch_size": batch_size, "steps": "bounded"}
+    if layout != "auto":
+        identity["layout"] = layout
     cache = runs_dir() / "probes" / f"{identity_hash(identity)}.json"
     known = json.loads(cache.read_text())["networks"] if cache.is_file() else {}
     missing = [n for n in networks if n not in known]
     if missing:
-        print(f"  timing {', '.join(missing)} on this machine ({parallel} at a time, {threads} thread"
-              f"{'s' if threads != 1 else ''} each) ...", flush=True)
+        print(f"  timing {', '.join(missing)} on this machine in {precision}"
+              f"{f', {layout}' if layout != 'auto' else ''} ({parallel} at a time, {threads} thread"
+              f"{'s' if threads != 1 else ''} each; a bounded number of steps each: training.probe) ...", flush=True)
         groups = [missing[i::parallel] for i in range(min(parallel, len(missing)))]
         processes = [subprocess.Popen([sys.executable, "-m", "resnet.training.probe", "--precision", precision,
                                        "--threads", str(threads), "--batch-size", str(batch_size),
-                                       *[f"--network={n}" for n in group]],
+                                       "--layout", layout, *[f"--network={n}" for n in group]],
                                       stdout=subprocess.PIPE, text=True) for group in groups]
         for process in processes:
             output, _ = process.communicate()
@@ -208,6 +213,31 @@ def probe_networks(networks: list[str], precision: str, threads: int, parallel: 
             known.update(json.loads(output.strip().splitlines()[-1]))
         atomic_write_bytes(cache, json.dumps({**identity, "networks": known}, indent=1).encode())
     return {n: known[n] for n in networks}
+
+
+@dataclass(frozen=True)
+class LayoutChoice:
+    """The memory layout an fp32 CPU study trains in, and each layout's step time here, summed over its networks."""
+
+    layout: str
+    seconds: dict[str, float]
+
+    def describe(self) -> str:
+        other = next(name for name in self.seconds if name != self.layout)
+        return (f"layout: {self.layout} for the fp32 cells, {self.seconds[other] / self.seconds[self.layout]:.2f}x "
+                f"the speed of {other} here (one step of each network, summed: {self.seconds[self.layout]:.2f} s "
+                f"against {self.seconds[other]:.2f} s; training.probe, cached for this machine)")
+
+
+def choose_layout(networks: list[str], threads: int, parallel: int, batch_size: int = paper.BATCH_SIZE,
+                  probe: Probe | None = None) -> LayoutChoice:
+    """Time ``networks`` in fp32 in both layouts (``parallel`` at a time, as loaded as the cells will be) and
+    choose by ``config.faster_layout``."""
+    seconds = {}
+    for layout in ("contiguous", "channels_last"):
+        measured = (probe or probe_networks)(networks, "fp32", threads, parallel, batch_size, layout)
+        seconds[layout] = sum(times["step_seconds"] for times in measured.values())
+    return LayoutChoice(faster_layout(seconds), seconds)
 
 
 def plan_study(study: Study, *, budget_minutes: float | None, cores: int, jobs: int,
@@ -225,14 +255,16 @@ def plan_study(study: Study, *, budget_minutes: float | None, cores: int, jobs: 
     threads = threads_per_cell(cores, jobs, len(cells))
     networks = sorted({network_key(c.config) for c in cells})
     parallel = min(jobs, len(cells), probe_parallel or jobs)
-    measured = (probe or probe_networks)(networks, first.precision, threads, parallel, first.batch_size)
+    measured = (probe or probe_networks)(networks, first.precision, threads, parallel, first.batch_size, first.layout)
     test_images = first.test_subset or 10_000
     times = [CellTime(c.name, measured[network_key(c.config)]["step_seconds"],
                       test_images * measured[network_key(c.config)]["test_image_seconds"],
                       steps_per_row, c.config.eval_every, kept_steps(c)) for c in longest_first(cells)]
     budget = None if budget_minutes is None else budget_minutes * 60
-    return choose_plan(times, window=window, jobs=min(jobs, len(cells)), threads=threads, cores=cores,
+    plan = choose_plan(times, window=window, jobs=min(jobs, len(cells)), threads=threads, cores=cores,
                        budget_seconds=budget, profile_iterations=first.iterations or paper.ITERATIONS)
+    spread = max((measured[n].get("step_spread", 0.0) for n in networks), default=0.0)
+    return replace(plan, precision=f"{first.precision}, {first.layout}", spread=spread)
 
 
 def worth_planning(study: Study) -> bool:
@@ -252,6 +284,10 @@ def _check_plannable(study: Study, cells: list[Cell], budget_minutes: float | No
         raise StudyError(f"profile {study.profile!r}: a time budget needs the paper's schedule (a shorter run is "
                          "the paper's run stopped early); its cells use "
                          f"{', '.join(sorted({c.config.schedule for c in cells}))}")
+    if budget_minutes is not None and not worth_planning(study):
+        raise StudyError(f"profile {study.profile!r}: a time budget chooses how long the paper's schedule runs, "
+                         f"from {MINIMUM_ITERATIONS} iterations up (study cifar-depth, profiles laptop and cpu-long); "
+                         "this profile's cells are another length or schedule: run it without --minutes")
     if len({(training_images(c.config), c.config.batch_size, c.config.precision, c.config.window_steps)
             for c in cells}) != 1:
         raise StudyError(f"profile {study.profile!r}: a time budget needs every cell on the same data size, batch "

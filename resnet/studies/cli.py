@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from ..config import TrainConfig
 from ..data import DataError
 from ..tracking import keys, store
 from . import budget
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no cell has valid parameters; the first: {study.cells[0].error}")
     plan = None
     on_this_cpu = args.executor == "local" and not (gpus or visible_gpus())
+    if on_this_cpu and not args.list and _layout_to_measure(study):
+        overrides = {**overrides, "layout": _measured_layout(args, study)}
+        study = load_study(name, study.profile, data=args.data, overrides=overrides, seeds=seeds)
     if args.minutes is not None or args.plan or (on_this_cpu and not args.list and budget.worth_planning(study)):
         study, plan = _planned(parser, args, name, study, gpus, overrides, seeds)
         if args.plan:
@@ -169,6 +173,27 @@ def _wants_precision_control(study: Study, on_this_cpu: bool) -> bool:
     return (on_this_cpu and study.name == "cifar-depth" and study.profile.startswith("laptop")
             and any(c.config is not None and c.config.model == "resnet56"
                     and c.config.resolved_for("cpu").precision == "bf16" for c in study.cells))
+
+
+def _layout_to_measure(study: Study) -> bool:
+    """Whether this CPU study has fp32 cells whose layout is left to a measurement (``TrainConfig.layout``), all
+    long enough for it to matter (not the plumbing checks, nor the 39-step precision control)."""
+    configs = [c.config for c in study.cells if c.config is not None]
+    return bool(configs) and all(
+        isinstance(c, TrainConfig) and (c.iterations or 0) >= budget.MINIMUM_ITERATIONS for c in configs) and any(
+        c.layout == "auto" and c.resolved_for("cpu").precision == "fp32" for c in configs)
+
+
+def _measured_layout(args: argparse.Namespace, study: Study) -> str:
+    """The faster layout here for the study's fp32 cells, timed as loaded as the cells will run (and said)."""
+    cells = [c for c in study.cells if isinstance(c.config, TrainConfig)]
+    cores = usable_cores()
+    jobs = args.jobs or study.jobs or cores
+    networks = sorted({budget.network_key(c.config) for c in cells})
+    choice = budget.choose_layout(networks, budget.threads_per_cell(cores, jobs, len(cells)),
+                                  min(jobs, len(cells), cores), cells[0].config.batch_size)
+    print(choice.describe(), flush=True)
+    return choice.layout
 
 
 def _planned(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str, study: Study,

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import paper
-from ..config import PRECISIONS
+from ..config import LAYOUT_GAIN, PRECISIONS, cpu_has_native_bf16, faster_layout
 from ..data import MEAN, STD, load_cifar10
 from ..measures import count_multiply_adds
 from ..models import build_model, list_models
@@ -283,14 +283,23 @@ def _print_cpu_variants(parser: argparse.ArgumentParser, models: list[str], batc
     header = f"{'model':<10} {'variant':<30} {'img/s':>8} {'first steps (s)':>16}"
     print(header)
     print("-" * len(header))
+    fp32_seconds = {"contiguous": 0.0, "channels_last": 0.0}  # a step of each model, summed, by layout
     try:
         for name in models:
             for variant, precision_name, channels_last, compiled in CPU_STEP_VARIANTS:
                 speed, warm_up = cpu_step_variant(name, batch_size, steps, untimed, precision_name, channels_last,
                                                   compiled)
                 print(f"{name:<10} {variant:<30} {speed:>8,.0f} {warm_up:>16.1f}", flush=True)
+                if precision_name == "fp32" and not compiled:
+                    fp32_seconds["channels_last" if channels_last else "contiguous"] += batch_size / speed
     finally:
         torch.set_num_threads(threads)
+    chosen = faster_layout(fp32_seconds)
+    print(f"\nan fp32 study here trains in {chosen}: channels_last at "
+          f"{fp32_seconds['contiguous'] / fp32_seconds['channels_last']:.2f}x the speed of contiguous ("
+          f"{', '.join(models)}; config.faster_layout leaves contiguous only for a gain of {LAYOUT_GAIN:.2f}x)"
+          + ("; this CPU computes bf16 natively, so the study's precision 'best' runs bf16, channels_last"
+             if cpu_has_native_bf16() else ""), flush=True)
 
 
 if __name__ == "__main__":

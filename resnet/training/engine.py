@@ -6,7 +6,8 @@ the bench times exactly the step that training runs.
 
 Precision is one setting (:class:`Precision`): ``bf16`` runs the model under bf16 autocast with
 channels_last tensors (the layout cuDNN's and oneDNN's bf16 convolutions run fastest in); ``fp32``
-runs in fp32, channels_last on CUDA and in the default contiguous layout on the CPU.
+runs in fp32, channels_last on CUDA and on the CPU in the layout the run names (``TrainConfig.layout``: a study
+measures both and picks the faster; contiguous without a measurement).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import paper
-from ..config import ConfigError, resolve_precision
+from ..config import ConfigError, resolve_layout, resolve_precision
 from ..data import MEAN, STD
 from ..measures import three_by_three_responses
 
@@ -47,10 +48,12 @@ class Precision:
 
     device: torch.device
     name: str  # resolved: "bf16" or "fp32"
+    memory_layout: str = "auto"  # TrainConfig.layout: auto, contiguous or channels_last
 
     @classmethod
-    def for_device(cls, setting: str, device: torch.device) -> Precision:
-        return cls(device, resolve_precision(setting, device.type))
+    def for_device(cls, setting: str, device: torch.device, layout: str = "auto") -> Precision:
+        name = resolve_precision(setting, device.type)
+        return cls(device, name, resolve_layout(layout, name, device.type))
 
     @property
     def input_dtype(self) -> torch.dtype:
@@ -58,11 +61,8 @@ class Precision:
 
     @property
     def memory_format(self) -> torch.memory_format:
-        # bf16 anywhere and fp32 on CUDA: channels_last. fp32 on the CPU keeps the default layout
-        # (the path this project has always run on the CPU).
-        if self.name == "bf16" or self.device.type == "cuda":
-            return torch.channels_last
-        return torch.contiguous_format
+        channels_last = resolve_layout(self.memory_layout, self.name, self.device.type) == "channels_last"
+        return torch.channels_last if channels_last else torch.contiguous_format
 
     def autocast(self, cache_enabled: bool = True):
         if self.name != "bf16":

@@ -218,7 +218,7 @@ class _Run:
 
     @classmethod
     def start(cls, config: TrainConfig, data: Cifar10, device: torch.device) -> _Run:
-        precision = Precision.for_device(config.precision, device)
+        precision = Precision.for_device(config.precision, device, config.layout)
         schedule = Schedule.for_config(config, len(data.train_labels))
         torch.manual_seed(config.seed)
         model = build_model(config.model, shortcut=config.shortcut, stem=config.stem,
