@@ -1,5 +1,7 @@
 """One training run: the schedule, learning, resume, MLflow records, failures, precision."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -250,3 +252,21 @@ def test_the_test_set_is_evaluated_every_eval_every_epochs_and_at_the_end(store)
     assert [("response_std_layer3.2.bn2" in row) for row in result.history] == [False, True, False, True, True]
     history = mlflow_store.client(store).get_metric_history(result.run_id, "test_error")
     assert sorted(m.step for m in history) == [2, 4, 5]
+
+
+def test_a_resumed_cpu_run_goes_on_with_the_thread_count_it_ran_with(store, tmp_path, capsys):
+    """oneDNN's sums depend on the thread count: the cpu-long rerun's last cell, resumed alone with both cores,
+    left the uninterrupted run's numbers at that window. A resumed run now keeps the count it ran with."""
+    config = TrainConfig(model="resnet20", data="synthetic:320", batch_size=32, epochs=3, device="cpu", threads=1,
+                         study="unit")
+
+    def stop_after_the_first(metrics):
+        if metrics["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tracking_uri=store, checkpoint_dir=tmp_path, progress=False, on_epoch_end=stop_after_the_first)
+    seen = []
+    train(replace(config, threads=2), tracking_uri=store, checkpoint_dir=tmp_path, progress=False,
+          on_epoch_end=lambda metrics: seen.append(torch.get_num_threads()))
+    assert seen == [1, 1] and "going on with the 1 CPU thread it ran with, not 2" in capsys.readouterr().out

@@ -329,6 +329,13 @@ class _Run:
         self.epoch_index = -1  # the next batch redraws its epoch from this state
         for tensor, value in zip(self.record.window_tensors(), saved["window"], strict=True):
             tensor.copy_(value)
+        # oneDNN sums in another order with another thread count: a run goes on with the count it ran with, or it
+        # would not repeat digit for digit (a study gives its last cell every core).
+        threads = saved.get("threads")
+        if self.precision.device.type == "cpu" and threads and threads != torch.get_num_threads():
+            print(f"{self.config.run_name}: going on with the {threads} CPU thread{'s' if threads != 1 else ''} it ran "
+                  f"with, not {torch.get_num_threads()}, so that it repeats an uninterrupted run", flush=True)
+            torch.set_num_threads(threads)
         return _Progress(saved["history"], saved["step"], saved["warming_up"], saved["run_id"], saved["initial"])
 
     def save(self, path: Path, state: _Progress) -> None:
@@ -338,7 +345,8 @@ class _Run:
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "generator": generator, "window": self.record.window_tensors(),
                     "history": state.history, "step": state.step, "warming_up": state.warming_up,
-                    "run_id": state.run_id, "initial": state.initial, "config": self.config.to_dict()}, buffer)
+                    "run_id": state.run_id, "initial": state.initial, "config": self.config.to_dict(),
+                    "threads": torch.get_num_threads()}, buffer)
         atomic_write_bytes(path, buffer.getvalue())
 
     def weights(self) -> bytes:
