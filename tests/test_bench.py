@@ -43,8 +43,11 @@ def test_bench_runs_small_on_the_cpu_and_prints_the_ratio_and_the_true_loss(caps
     row = next(line for line in output.splitlines() if line.startswith("resnet20"))
     reference, eager, ours, mode, ratio, share, losses = row.split()[1:]
     assert mode == "eager" and share == "n/a"
-    # The printed images/s are rounded; the ratio is computed before rounding.
-    assert abs(float(ratio.rstrip("x")) - float(ours.replace(",", "")) / float(reference.replace(",", ""))) < 0.02
+    # The printed images/s are rounded to whole images; the ratio is computed before rounding (on a loaded machine
+    # the speeds are small, and the rounding weighs more: allow for it).
+    ours_speed, reference_speed = float(ours.replace(",", "")), float(reference.replace(",", ""))
+    rounding = ours_speed / reference_speed * (0.5 / ours_speed + 0.5 / reference_speed)
+    assert abs(float(ratio.rstrip("x")) - ours_speed / reference_speed) < 0.01 + rounding
     assert re.fullmatch(r"\d[\d,]*", reference)
     # Both of our loops print the loss that plain torch.optim.SGD reaches on the same batches.
     expected = f"{_independent_mean_loss(steps=2, untimed_steps=1, batch_size=16):.4f}"

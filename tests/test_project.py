@@ -48,13 +48,29 @@ def _words(text: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", text)))
 
 
-def test_every_interval_the_readme_quotes_is_on_a_committed_page_or_console_log():
-    """Issue 27: a figure in the README stands on a committed source. Every 95% interval it quotes ([low, high])
-    appears, verbatim, on a page or in a console log under reports/reference/."""
-    readme = _words((ROOT / "README.md").read_text())
+def test_every_interval_the_readme_and_the_docs_quote_is_on_a_committed_page_or_console_log():
+    """Issue 27: a figure in the README stands on a committed source. Every 95% interval it and docs/ quote
+    ([low, high]) appears, verbatim, on a page or in a console log under reports/reference/ (issue 37: the docs too)."""
+    texts = [ROOT / "README.md", ROOT / "reports" / "reference" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     reference = ROOT / "reports" / "reference"
     sources = [*reference.glob("*.html"), *(reference / "console").glob("*")]
     committed = "\n".join(_words(path.read_text(errors="replace")) for path in sources)
-    quoted = re.findall(r"\[-?\d+\.\d+, -?\d+\.\d+\]", readme)
-    assert len(quoted) >= 40  # the verdicts of the CPU references, the control and the analyses
-    assert [interval for interval in quoted if interval not in committed] == []
+    quoted = {str(path.relative_to(ROOT)): re.findall(r"\[-?\d+\.\d+, -?\d+\.\d+\]", _words(path.read_text())) for path in texts}
+    assert len(quoted["README.md"]) >= 8 and sum(map(len, quoted.values())) >= 40
+    assert {name: [i for i in found if i not in committed] for name, found in quoted.items()} == {
+        name: [] for name in quoted}
+
+
+def test_the_tracked_tree_stays_small_and_the_reference_index_names_every_page():
+    """Issue 37: under 8 MB of tracked files (a GPU loan carries at most 64 MiB with its wheels), each figure stored
+    once (pages embed theirs), and reports/reference/README.md a row for every committed page."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    paths = [name for name in listed.decode().split("\0") if name and (ROOT / name).is_file()]
+    assert sum((ROOT / name).stat().st_size for name in paths) < 8_000_000
+    assert not [name for name in paths if name.startswith("reports/reference/figures")]
+    index = (ROOT / "reports" / "reference" / "README.md").read_text()
+    pages = [name.rsplit("/", 1)[1] for name in paths
+             if name.startswith("reports/reference/") and name.endswith(".html")]
+    assert pages and [page for page in pages if f"[`{page}`]({page})" not in index] == []
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 200 and "docs/results.md" in readme

@@ -363,7 +363,7 @@ def _surface(points: pd.DataFrame, frame: pd.DataFrame) -> dict[str, Any]:
     # Declared before the rerun (issue 35): the non-convexity (sign changes of the second difference on Li et al.'s
     # 51-point grid) primary, the rise relative to the loss at the weights secondary.
     forms = {"curvature_sign_changes": ("sign changes of the curve's second difference:{subject}'s loss curves "
-                                        "change the sign of their curvature {direction} often than {reference}'s"),
+                                        "have a {direction} count of curvature sign changes than {reference}'s"),
              "relative_rise": ("relative loss rise at alpha = +-0.5:{subject}'s loss rise half a filter-normalised "
                                "step from its weights, relative to its loss there, is {direction} than "
                                "{reference}'s")}
