@@ -55,7 +55,8 @@ def test_every_interval_the_readme_and_the_docs_quote_is_on_a_committed_page_or_
     reference = ROOT / "reports" / "reference"
     sources = [*reference.glob("*.html"), *(reference / "console").glob("*")]
     committed = "\n".join(_words(path.read_text(errors="replace")) for path in sources)
-    quoted = {str(path.relative_to(ROOT)): re.findall(r"\[-?\d+\.\d+, -?\d+\.\d+\]", _words(path.read_text())) for path in texts}
+    interval = r"\[-?\d+\.\d+, -?\d+\.\d+\]"
+    quoted = {str(path.relative_to(ROOT)): re.findall(interval, _words(path.read_text())) for path in texts}
     assert len(quoted["README.md"]) >= 8 and sum(map(len, quoted.values())) >= 40
     assert {name: [i for i in found if i not in committed] for name, found in quoted.items()} == {
         name: [] for name in quoted}

@@ -107,7 +107,7 @@ def _run_row(run, study: str, profile: str, experiment_id: str) -> dict:
         **keys.recorded_settings(params, device), "iterations": params.get("iterations", ""),
         "epochs_planned": params.get("epochs", ""), "batch_size": params.get("batch_size", ""), "device": device,
         "data_provenance": tags.get(keys.DATA_PROVENANCE_TAG, ""),
-        "data_description": tags.get(keys.DATA_DESCRIPTION_TAG, ""),
+        "data_description": keys.recorded_description(tags.get(keys.DATA_DESCRIPTION_TAG, "")),
         "git_commit": tags.get(keys.GIT_COMMIT_TAG, ""), "git_dirty": tags.get(keys.GIT_DIRTY_TAG, ""),
         "processor": tags.get(keys.PROCESSOR_TAG, ""), "torch_version": tags.get(keys.TORCH_VERSION_TAG, ""),
         "start_time": started.isoformat(timespec="seconds"),
@@ -132,6 +132,8 @@ def read_csv(path: str | Path) -> pd.DataFrame:
                                            row["device"]) for row in table.to_dict("records")]
     for key in ("schedule", "precision", "normalisation"):
         table[key] = [settings[key] for settings in recorded]
+    if "data_description" in head:
+        table["data_description"] = [keys.recorded_description(str(text)) for text in table["data_description"]]
     if "step" not in head:  # written before the step was read: epochs of full batches
         table["step"] = [_legacy_step(row) for row in table.to_dict("records")]
     metrics = [c for c in EVERY_METRIC if c in METRICS or c in head]  # an ImageNet run's, when the CSV has them

@@ -7,6 +7,8 @@ them (nor this module) needs torch or the training config for it.
 
 from __future__ import annotations
 
+import re
+
 # MLflow run statuses (mlflow.entities.RunStatus names) as this project sets and reads them.
 STATUS_RUNNING = "RUNNING"
 STATUS_FINISHED = "FINISHED"
@@ -100,6 +102,21 @@ def network_option(shortcut_tag: str, params: dict[str, str]) -> str:
     """The shortcut option as the report keys networks: ``A``, or ``A, zero-init`` for the ablation."""
     zero_init = str(params.get(ZERO_INIT_PARAM, "False")).lower() == "true"
     return f"{shortcut_tag}, {ZERO_INIT_LABEL}" if zero_init else shortcut_tag
+
+
+# Before issue 35, a run that kept a split whole still called it a "class-balanced subset" of itself (the CPU profiles'
+# all 50,000 training images): read as today's data.subset says it.
+_OLD_SUBSET = re.compile(r"class-balanced subset (\d+) train / (\d+) test")
+WHOLE_SPLITS = {"train": 50_000, "test": 10_000}  # CIFAR-10's
+
+
+def recorded_description(text: str) -> str:
+    """A run's data description as today's code writes it."""
+    def today(found: re.Match) -> str:
+        parts = [f"all {size} {split}" if int(size) == WHOLE_SPLITS[split] else f"class-balanced subset {size} {split}"
+                 for size, split in zip(found.groups(), ("train", "test"))]
+        return " / ".join(parts)
+    return _OLD_SUBSET.sub(today, text)
 
 
 def recorded_settings(params: dict[str, str], device_tag: str) -> dict[str, str]:
