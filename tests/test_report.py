@@ -535,7 +535,7 @@ def test_the_cpu_reference_csv_keeps_which_cells_ran_dirty_and_at_which_commit()
     commits, three of them at one with local changes."""
     from resnet.report.sections import commits_by_cell
 
-    frame = read_csv(ROOT / "reports" / "reference" / "cifar-depth-cpu-long-cpu-cifar10jpeg-metrics.csv")
+    frame = read_csv(ROOT / "reports" / "reference" / "cifar-depth-cpu-long-cpu-cifar10jpeg-metrics.csv.gz")
     runs = frame.drop_duplicates("run_id")
     assert commits_by_cell(runs) == (
         "21db388de2 for plain20-s1, plain20-s2, plain56-s2, resnet20-A-s1, resnet20-A-s2, resnet56-A-s2; "
@@ -546,7 +546,7 @@ def test_the_cpu_reference_csv_keeps_which_cells_ran_dirty_and_at_which_commit()
 
 # The CPU references as they were on a 5,000-image subset (a row per epoch of 39 steps): the mechanism's tests
 # read these; the 50,000-image references are tested below.
-SUBSET_CPU_LONG_CSV = "reports/reference/cifar-depth-cpu-long-cpu-cifar10jpeg-metrics.csv"
+SUBSET_CPU_LONG_CSV = "reports/reference/cifar-depth-cpu-long-cpu-cifar10jpeg-metrics.csv.gz"
 
 
 def test_a_short_cpu_pages_length_is_read_on_the_committed_cpu_reference():
@@ -555,7 +555,7 @@ def test_a_short_cpu_pages_length_is_read_on_the_committed_cpu_reference():
     from resnet.report import sections
 
     reference = read_csv(ROOT / SUBSET_CPU_LONG_CSV)
-    laptop = read_csv(ROOT / "reports/reference/cifar-depth-laptop-cpu-cifar10jpeg-metrics.csv")
+    laptop = read_csv(ROOT / "reports/reference/cifar-depth-laptop-cpu-cifar10jpeg-metrics.csv.gz")
     expected = sections.reference_at_length(laptop, reference, sections.depth_claims(laptop))
     assert (expected["boundary"], expected["iterations"], expected["note"]) == (234, 234, "")
     assert [(row["claim"], row["answer"], row["difference"]) for row in expected["rows"]] == [
@@ -582,7 +582,7 @@ def test_each_seeds_crossing_and_the_disagreement_with_figure_6_are_stated_with_
     cpu_long = read_csv(ROOT / SUBSET_CPU_LONG_CSV)
     assert seed_crossings(cpu_long, ("plain56", "none"), ("resnet56", "A"), "better") == {0: 429, 1: 702, 2: 195}
     assert seed_crossings(cpu_long, ("resnet20", "A"), ("resnet56", "A"), "better") == {0: None, 1: None, 2: None}
-    laptop = read_csv(ROOT / "reports/reference/cifar-depth-laptop-cpu-cifar10jpeg-metrics.csv")
+    laptop = read_csv(ROOT / "reports/reference/cifar-depth-laptop-cpu-cifar10jpeg-metrics.csv.gz")
     claims = sections.depth_claims(laptop)
     assert list(claims) == ["degradation", "shortcuts", "depth", "shortcuts-zero-init", "depth-zero-init", "zero-init"]
     verdicts = {f"cifar-{key}": judge(laptop, *claim) for key, claim in claims.items()}
