@@ -685,3 +685,17 @@ def test_the_welch_interval_stands_beside_the_paired_one_and_a_different_reading
             "reading rests on the pairing.") in verdict.sentence
     row = family_table([verdict])["rows"][0]
     assert row[1] == "f (1)" and row[6] == "Yes" and row[7].endswith("(reads Not decided)") and row[8] == "3"
+
+
+def test_figure_6_marks_each_learning_rate_drop_at_the_row_before_it():
+    """Issue 38: the runs through the drops show where lr was divided by 10 (a row logs the lr it ended with)."""
+    import pandas as pd
+
+    from resnet.report.figures import lr_drops
+
+    rows = [{"run_id": run, "model": "resnet20", "shortcut": "A", "seed": seed, "step": 39 * (i + 1), "lr": lr}
+            for seed, run in enumerate(("a", "b")) for i, lr in enumerate([0.1, 0.1, 0.01, 0.01, 0.001])]
+    frame = pd.DataFrame(rows)
+    assert lr_drops(frame, [("resnet20", "A")]) == [78, 156]
+    assert lr_drops(frame.assign(lr=0.1), [("resnet20", "A")]) == []
+    assert lr_drops(frame, [("plain20", "none")]) == []

@@ -104,12 +104,29 @@ def _curve_panel(axis, frame: pd.DataFrame, networks: list[tuple[str, str]], tit
             if seeds > 1:
                 axis.fill_between(mean.index, grouped[metric].min().values, grouped[metric].max().values,
                                   color=colour, alpha=shade, linewidth=0, zorder=1)
+    for number, step in enumerate(lr_drops(frame, networks)):  # where the paper's schedule divides lr by 10
+        axis.axvline(step, color="grey", linestyle=":", linewidth=1.2, zorder=0,
+                     label="lr / 10 (within the next row)" if number == 0 else None)
     axis.set_title(title + (f"  [missing: {', '.join(gaps)}]" if gaps else ""), fontsize=10)
     axis.set_xlabel("iterations")
     axis.grid(alpha=0.3)
     if axis.lines:
         axis.legend(fontsize=8)
     return gaps
+
+
+def lr_drops(frame: pd.DataFrame, networks: list[tuple[str, str]]) -> list[int]:
+    """The last row boundary before each drop of the learning rate in these networks' runs (a row logs the lr it
+    ended with, so the drop lies within the row after)."""
+    if "lr" not in frame.columns:
+        return []
+    found = set()
+    for model, shortcut in networks:
+        for _, run in network_rows(frame, model, shortcut).dropna(subset=["step", "lr"]).groupby("run_id"):
+            run = run.sort_values("step")
+            lower = run["lr"].to_numpy()[1:] < run["lr"].to_numpy()[:-1]
+            found.update(int(step) for step in run["step"].to_numpy()[:-1][lower])
+    return sorted(found)
 
 
 def _pyplot():
