@@ -297,6 +297,9 @@ def test_a_run_that_ended_inside_an_epoch_continues_and_a_length_dependent_sched
     cosine = TrainConfig(**{**TINY, "schedule": "cosine"}, iterations=20)
     train(cosine, tracking_uri=store, checkpoint_dir=tmp_path, progress=False)
     assert cosine.lineage() is None and kept_states(cosine.resolved_for("cpu"), tmp_path) == {}
+    # A schedule with milestones of its own has no lineage: it trains, and nothing is looked up for it.
+    multistep = TrainConfig(**{**TINY, "schedule": "multistep", "milestones": (1,)}, epochs=2)
+    assert len(train(multistep, tracking_uri=store, checkpoint_dir=tmp_path, progress=False).history) == 2
 
 
 def test_a_run_through_the_drops_continues_the_lr_0_1_run_it_shares_a_prefix_with(store, tmp_path):

@@ -34,8 +34,11 @@ def continuable(config: TrainConfig, schedule: Schedule, train_size: int, checkp
     """The longest kept state this run continues: shorter than it, with the learning rate this run's schedule
     gives every step before it. It may end inside a row: the run then finishes that row (``_Run.resume_row``),
     and inside an epoch: the kept generator redraws that epoch as an uninterrupted run drew it (``_Run.batch``)."""
+    kept = kept_states(config, checkpoint_dir)  # none unless this run has a lineage to continue
+    if not kept:
+        return None
     kept_schedule = Schedule.for_config(replace(config, schedule="paper"), train_size)
-    fitting = {steps: path for steps, path in kept_states(config, checkpoint_dir).items()
+    fitting = {steps: path for steps, path in kept.items()
                if steps < schedule.total_steps and schedule.follows_until(kept_schedule, steps)}
     return fitting[max(fitting)] if fitting else None
 
