@@ -48,19 +48,31 @@ def verdict_view(verdict: Verdict) -> dict[str, str]:
 
 def depth_claims(frame: pd.DataFrame) -> dict[str, tuple]:
     """The paper's Figure 6 claims on the depths these runs have: the deepest plain net against the
-    shallowest, and the residual net of that depth against both."""
+    shallowest, and the residual net of that depth against both; with residual nets only (a part of a profile
+    run first, as cpu-drops' depth cells), the deeper residual net against the shallower."""
+    def has(model: str, shortcut: str) -> bool:
+        return not network_rows(frame, model, shortcut).empty
+
     plain = sorted(int(m[5:]) for m in set(frame["model"]) if m.startswith("plain"))
-    if len(plain) < 2:
+    residual = sorted(int(m[6:]) for m in set(frame["model"]) if m.startswith("resnet") and has(m, A))
+    depths = plain if len(plain) >= 2 else residual
+    if len(depths) < 2:
         return {}
-    shallow, deep = plain[0], plain[-1]
-    claims = {"degradation": ((f"plain{shallow}", PLAIN), (f"plain{deep}", PLAIN), "worse", "the degradation problem")}
-    if not network_rows(frame, f"resnet{deep}", A).empty:
-        claims["shortcuts"] = ((f"plain{deep}", PLAIN), (f"resnet{deep}", A), "better", "option A")
-        claims["depth"] = ((f"resnet{shallow}", A), (f"resnet{deep}", A), "better", "option A")
+    shallow, deep = depths[0], depths[-1]
+    claims = {}
+    if len(plain) >= 2:
+        claims["degradation"] = ((f"plain{shallow}", PLAIN), (f"plain{deep}", PLAIN), "worse",
+                                 "the degradation problem")
+    if has(f"resnet{deep}", A):
+        if has(f"plain{deep}", PLAIN) and len(plain) >= 2:
+            claims["shortcuts"] = ((f"plain{deep}", PLAIN), (f"resnet{deep}", A), "better", "option A")
+        if has(f"resnet{shallow}", A):
+            claims["depth"] = ((f"resnet{shallow}", A), (f"resnet{deep}", A), "better", "option A")
     if not network_rows(frame, f"resnet{deep}", ZERO_INIT_A).empty:
         ablation_note = "the initialisation ablation, not the paper's recipe"
-        claims["shortcuts-zero-init"] = ((f"plain{deep}", PLAIN), (f"resnet{deep}", ZERO_INIT_A), "better",
-                                         ablation_note)
+        if len(plain) >= 2:
+            claims["shortcuts-zero-init"] = ((f"plain{deep}", PLAIN), (f"resnet{deep}", ZERO_INIT_A), "better",
+                                             ablation_note)
         if "depth" in claims:
             claims["depth-zero-init"] = ((f"resnet{shallow}", A), (f"resnet{deep}", ZERO_INIT_A), "better",
                                          ablation_note)
