@@ -128,8 +128,8 @@ MODE ?= cifar
 .PHONY: bench
 bench: $(VENV)/.installed ## Measure images/s: the source document's loop vs ours (MODELS=...; MODE=imagenet DATA=...)
 	@case "$(MODE)" in \
-	  cifar) $(BIN)/python -m resnet.training.bench $(if $(filter command line,$(origin MODELS)),--models $(MODELS)) ;; \
-	  imagenet) $(BIN)/python -m resnet.training.imagenet_bench $(if $(DATA),--data $(DATA)) \
+	  cifar) $(BIN)/python -m resnet.cifar.bench $(if $(filter command line,$(origin MODELS)),--models $(MODELS)) ;; \
+	  imagenet) $(BIN)/python -m resnet.imagenet.bench $(if $(DATA),--data $(DATA)) \
 	      $(if $(filter command line,$(origin MODELS)),--models $(MODELS)) ;; \
 	  *) echo "MODE=$(MODE): unknown; legal values: cifar, imagenet" >&2; exit 2 ;; \
 	esac

@@ -10,15 +10,16 @@ import torch
 
 from resnet import readings
 from resnet.analysis import lesion, shattering, surface
+from resnet.analysis.config import AnalysisConfig
 from resnet.analysis.run import analyse
-from resnet.analysis_config import AnalysisConfig
-from resnet.config import ConfigError, TrainConfig
+from resnet.cifar.config import TrainConfig
+from resnet.cifar.input import normalisation_for
+from resnet.cifar.loop import train
 from resnet.models import build_model
 from resnet.report import why_shortcuts
+from resnet.settings import ConfigError
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store
-from resnet.training.engine import Normalisation
-from resnet.training.loop import train
 
 
 def _images(count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +35,7 @@ def test_a_residual_net_whose_branches_output_zero_loses_nothing_from_any_deleti
     torch.manual_seed(0)
     model = build_model("resnet20", zero_init_residual=True).eval()  # each branch's last BN scale is 0
     images, labels = _images(64)
-    normalise = Normalisation.for_images("per-pixel", images)
+    normalise = normalisation_for("per-pixel", images)
     inputs = normalise(images, torch.float32)
     with torch.no_grad():
         untouched = model(inputs)
@@ -63,7 +64,7 @@ def test_a_plain_block_of_unchanged_shape_is_replaced_by_the_identity_and_a_down
         with lesion.deleted(model, [9]):
             pass
     images, labels = _images(32)
-    rows = lesion.lesion(model, images, labels, Normalisation.for_images("per-pixel", images), ks=(1,), draws=1)
+    rows = lesion.lesion(model, images, labels, normalisation_for("per-pixel", images), ks=(1,), draws=1)
     refused = [row for row in rows["single"] if row["downsampling"]]
     assert [row["name"] for row in refused] == ["layer2.0", "layer3.0"] and all(math.isnan(r["error"]) for r in refused)
     # A residual downsampling block can be deleted (its option A shortcut remains): marked, and measured.
@@ -110,7 +111,7 @@ def test_every_direction_filter_has_its_weight_filters_norm_and_batch_norm_direc
             assert torch.allclose(direction[name].flatten(1).norm(dim=1), weight.detach().flatten(1).norm(dim=1),
                                   rtol=1e-5), name
     images, labels = _images(16)
-    inputs = Normalisation.for_images("per-pixel", images)(images, torch.float32)
+    inputs = normalisation_for("per-pixel", images)(images, torch.float32)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     rows = surface.loss_curve(model, inputs, labels, [-1.0, 0.0, 1.0], [direction])
     assert [r["alpha"] for r in rows] == [-1.0, 0.0, 1.0]
@@ -159,7 +160,7 @@ def test_the_loss_grid_holds_the_curves_along_its_axes_and_restores_the_weights(
     generator = torch.Generator().manual_seed(2)
     first, second = (surface.filter_normalised_direction(model, generator) for _ in range(2))
     images, labels = _images(16)
-    inputs = Normalisation.for_images("per-pixel", images)(images, torch.float32)
+    inputs = normalisation_for("per-pixel", images)(images, torch.float32)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     alphas = [-0.5, 0.0, 0.5]
     grid = surface.loss_grid(model, inputs, labels, alphas, first, second)

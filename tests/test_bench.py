@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from resnet import paper
-from resnet.data import load_cifar10
+from resnet.cifar.bench import main, peak_flops
+from resnet.cifar.data import load_cifar10
+from resnet.cifar.input import normalisation_for, prepare_epoch
+from resnet.imagenet.bench import main as imagenet_bench
 from resnet.models import build_model
-from resnet.training.bench import main, peak_flops
-from resnet.training.engine import Normalisation, Precision, prepare_epoch
-from resnet.training.imagenet_bench import main as imagenet_bench
+from resnet.training.engine import Precision
 
 
 def _independent_mean_loss(steps: int, untimed_steps: int, batch_size: int) -> float:
@@ -23,7 +24,7 @@ def _independent_mean_loss(steps: int, untimed_steps: int, batch_size: int) -> f
                                 weight_decay=paper.WEIGHT_DECAY)
     epoch_images, epoch_labels = prepare_epoch(images, labels, torch.Generator().manual_seed(0),
                                                Precision.for_device("fp32", torch.device("cpu")),
-                                               Normalisation.for_images("per-pixel", images))
+                                               normalisation_for("per-pixel", images))
     losses = []
     for index in range(untimed_steps + steps):
         batch = slice(index * batch_size, (index + 1) * batch_size)

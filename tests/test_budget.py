@@ -3,15 +3,15 @@ again, and tells the time left from what it measured."""
 
 import pytest
 
-from resnet.config import TrainConfig
+from resnet.cifar.checkpoints import kept_states
+from resnet.cifar.config import TrainConfig
+from resnet.cifar.loop import train
 from resnet.studies import budget, pool
 from resnet.studies.budget import CellTime, makespan, plan_study
 from resnet.studies.cli import main
 from resnet.studies.spec import Cell, load_study
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store
-from resnet.training.checkpoints import kept_states
-from resnet.training.loop import train
 
 # Seconds per SGD step of each network in the hand-computed plans: a 56-layer step costs three 20-layer ones.
 STEP = {"plain20": 0.1, "resnet20:A": 0.1, "plain56": 0.3, "resnet56:A": 0.3}
@@ -57,7 +57,7 @@ def test_the_plan_is_the_longest_run_in_whole_windows_that_ends_within_the_budge
 
 
 def _native_bf16() -> bool:
-    from resnet.config import cpu_has_native_bf16
+    from resnet.hardware import cpu_has_native_bf16
 
     return cpu_has_native_bf16()
 
@@ -193,7 +193,7 @@ def test_the_probe_takes_fewer_steps_where_steps_are_slow(monkeypatch):
     a fast step keeps the full 4 + 3 x 4."""
     import time
 
-    from resnet.training import probe
+    from resnet.cifar import probe
 
     steps = []
 

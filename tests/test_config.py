@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from resnet.config import ConfigError, TrainConfig, resolve_precision
+from resnet.cifar.config import TrainConfig
+from resnet.hardware import resolve_precision
+from resnet.settings import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -102,7 +104,7 @@ def test_legacy_fingerprints_are_the_identities_earlier_versions_recorded():
 
 
 def test_best_precision_is_bf16_where_the_hardware_computes_it_else_fp32(monkeypatch):
-    from resnet import config as config_module
+    from resnet import hardware as config_module
 
     assert resolve_precision("best", "cuda") == "bf16"
     monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: True)
@@ -151,7 +153,7 @@ def test_warmup_runs_carry_the_rule_that_ends_the_warmup_in_their_identity():
 
 def test_a_run_names_its_processor_and_whether_it_computes_bf16_natively():
     """CPUs differ (bf16 rounding follows the CPU's kernels): the run records which one it ran on."""
-    from resnet.config import cpu_has_native_bf16, processor_description
+    from resnet.hardware import cpu_has_native_bf16, processor_description
 
     described = processor_description()
     model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))

@@ -11,8 +11,9 @@ import torch
 from conftest import SHARED_ARCHIVE
 from PIL import Image
 
-from resnet import data as data_module
-from resnet.data import CLASSES, DataError, cache_files, load_cifar10, subset, validation_split
+from resnet.cifar import data as data_module
+from resnet.cifar.data import CLASSES, cache_files, load_cifar10, subset, validation_split
+from resnet.settings import DataError
 
 
 def _image(label: int, index: int) -> np.ndarray:

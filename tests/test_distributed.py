@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-from resnet.config import ConfigError
+from resnet.settings import ConfigError
 from resnet.training.distributed import check_world, gpu_for_rank, join, launch, launched_world
 from resnet.training.engine import SGD
 

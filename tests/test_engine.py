@@ -5,16 +5,14 @@ import contextlib
 import pytest
 import torch
 
+from resnet.cifar.input import augment, normalisation_for, prepare_epoch
 from resnet.models import build_model
 from resnet.training.engine import (
     SGD,
-    Normalisation,
     Precision,
     StepMetrics,
-    augment,
     layer_statistics,
     make_train_step,
-    prepare_epoch,
     stage_output_stds,
 )
 
@@ -136,7 +134,7 @@ def test_precision_decides_dtype_and_layout_in_one_place():
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     batch, _ = prepare_epoch(images, torch.zeros(64, dtype=torch.int64), torch.Generator().manual_seed(0), bf16,
-                             Normalisation.for_images("per-pixel", images))
+                             normalisation_for("per-pixel", images))
     assert batch.dtype == torch.bfloat16 and batch.is_contiguous(memory_format=torch.channels_last)
     assert Precision.for_device("auto", torch.device("cuda")).memory_format == torch.channels_last
 
@@ -149,7 +147,7 @@ def _train_steps(precision: Precision, steps: int) -> list[float]:
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(64) % 10
     batch, order = prepare_epoch(images, labels, torch.Generator().manual_seed(0), precision,
-                                 Normalisation.for_images("per-channel", images))
+                                 normalisation_for("per-channel", images))
     record = StepMetrics(precision.device, window=1)
     step = make_train_step(model, optimizer, precision, record, "auto", (batch, order))
     losses = []
@@ -184,7 +182,7 @@ def test_per_pixel_normalisation_subtracts_the_mean_image_and_divides_by_one_std
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=generator)
     images[:, 0] //= 2  # a channel with a different scale, so one number is not per-channel
-    per_pixel = Normalisation.for_images("per-pixel", images, chunk=64)
+    per_pixel = normalisation_for("per-pixel", images, chunk=64)
     pixels = images.double()
     mean_image = pixels.mean(dim=0, keepdim=True)
     torch.testing.assert_close(per_pixel.mean.double(), mean_image, rtol=0, atol=1e-4)
@@ -192,7 +190,7 @@ def test_per_pixel_normalisation_subtracts_the_mean_image_and_divides_by_one_std
     assert per_pixel.std.item() == pytest.approx((pixels - mean_image).square().mean().sqrt().item(), rel=1e-5)
     out = per_pixel(images, torch.float32)
     assert out.mean(dim=0).abs().max() < 1e-4 and out.std().item() == pytest.approx(1.0, rel=1e-3)
-    per_channel = Normalisation.for_images("per-channel", images)
+    per_channel = normalisation_for("per-channel", images)
     assert per_channel.mean.shape == (1, 3, 1, 1)
     assert per_channel.mean.flatten()[0].item() == pytest.approx(0.4914 * 255)
 
@@ -204,7 +202,7 @@ def test_the_per_pixel_sums_are_exact_the_float64_sums_bit_for_bit_even_where_ev
     images = torch.randint(0, 256, (3 * EXACT_FLOAT32_IMAGES + 17, 3, 8, 8), dtype=torch.uint8, generator=generator)
     images[:EXACT_FLOAT32_IMAGES] = 255  # the largest float32 partial sums: 256 x 255^2, still under 2^24
     for chunk in (10_000, 100):  # one batch, and batches that split the float32 pieces unevenly
-        found = Normalisation.for_images("per-pixel", images, chunk=chunk)
+        found = normalisation_for("per-pixel", images, chunk=chunk)
         pixels = images.double()
         mean_image = pixels.sum(dim=0) / len(images)  # float64, exact on whole numbers of this size
         variance = (pixels.square().sum(dim=0) / len(images) - mean_image.square()).mean()

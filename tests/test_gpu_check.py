@@ -58,10 +58,10 @@ def test_a_step_that_exits_records_its_own_failure(tmp_path, monkeypatch):
 
 
 def test_torchruns_rendezvous_is_on_the_loopback_address():
-    command = _load_steps().torchrun_command("resnet.training.imagenet_loop", {"model": "resnet18"})
+    command = _load_steps().torchrun_command("resnet.imagenet.loop", {"model": "resnet18"})
     assert command[command.index("--rdzv-endpoint") + 1] == "127.0.0.1:0"
     assert command[command.index("--local-addr") + 1] == "127.0.0.1" and "--standalone" not in command
-    assert command[-3:] == ["-m", "resnet.training.imagenet_loop", "model=resnet18"]
+    assert command[-3:] == ["-m", "resnet.imagenet.loop", "model=resnet18"]
 
 
 def test_without_git_the_record_names_the_commit_from_the_environment_or_unknown(tmp_path):

@@ -14,11 +14,10 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from resnet import imagenet, paper
-from resnet.data import DataError
-from resnet.imagenet import OFFICIAL_ARCHIVES, load_rgb, open_imagenet
-from resnet.training.engine import Normalisation, Precision
-from resnet.training.imagenet_input import (
+from resnet import paper
+from resnet.imagenet import data as imagenet
+from resnet.imagenet.data import OFFICIAL_ARCHIVES, load_rgb, open_imagenet
+from resnet.imagenet.input import (
     EncodedImages,
     ImageNetImages,
     ViewSizes,
@@ -33,6 +32,8 @@ from resnet.training.imagenet_input import (
     top_hits,
     training_view,
 )
+from resnet.settings import DataError
+from resnet.training.engine import Normalisation, Precision
 
 WNIDS = ("n01440764", "n02105855", "n09999999")  # written out of order below: the index is the sorted position
 
@@ -159,7 +160,7 @@ def test_the_training_view_is_a_224_crop_of_the_image_rescaled_to_a_shorter_side
 def test_the_shorter_sides_training_view_rescales_to_stay_in_256_480_and_reach_both_ends(monkeypatch):
     """The lengths training_view itself asks the resize for (recorded; the resize stubbed to a 224 image so
     that 3,000 views take no time): uniform over the paper's range, ends included."""
-    from resnet.training import imagenet_input
+    from resnet.imagenet import input as imagenet_input
 
     lengths = []
 
@@ -279,7 +280,7 @@ MEAN_IMAGE_MEMORY = """
 import sys
 import numpy as np
 from PIL import Image
-from resnet.training.imagenet_input import mean_image
+from resnet.imagenet.input import mean_image
 
 def status(key):  # kB; VmHWM is this process's own peak (ru_maxrss would carry the forking parent's across exec)
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
@@ -351,7 +352,7 @@ def test_decoding_a_batch_at_once_gives_the_training_views_the_pil_path_gives(tr
 
 def test_the_cut_names_every_departure_from_the_papers_setting():
     """8 GPUs of 32 images in fp32 is the paper's setting (section 3.4); anything else is named."""
-    from resnet.imagenet_config import ImageNetConfig
+    from resnet.imagenet.config import ImageNetConfig
 
     paper_run = ImageNetConfig(data="/data/imagenet", world_size=8).resolved_for("cuda")
     assert paper_run.resolved_for("cuda").precision == "bf16"  # the GPU's default here is not the paper's

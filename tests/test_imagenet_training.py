@@ -14,16 +14,16 @@ import yaml
 from conftest import ROOT
 from test_imagenet import make_tree
 
-from resnet.config import ConfigError
-from resnet.data import DataError
-from resnet.imagenet_config import ImageNetConfig
+from resnet.imagenet import input as imagenet_input
+from resnet.imagenet import loop as imagenet_loop
+from resnet.imagenet.config import ImageNetConfig
+from resnet.imagenet.loop import train_imagenet
 from resnet.report.build import main as report_main
+from resnet.settings import ConfigError, DataError
 from resnet.studies.cli import main
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store
-from resnet.training import imagenet_input, imagenet_loop
 from resnet.training.distributed import launch
-from resnet.training.imagenet_loop import train_imagenet
 
 TINY = dict(model="resnet18", shortcut="A", epochs=2, batch_size=4, crop=32, scale_min=36, scale_max=48,
             test_size=36, train_subset=4, val_subset=3, mean_images=12, workers=0, study="unit-imagenet")
@@ -94,10 +94,10 @@ def test_a_killed_cell_resumes_from_its_last_epoch_into_the_same_run(store, tree
 
 
 def test_torchrun_starts_the_ranks_and_each_joins_from_its_environment(store, tree):
-    """torchrun --nproc_per_node 2 -m resnet.training.imagenet_loop key=value ...: two ranks, one run."""
+    """torchrun --nproc_per_node 2 -m resnet.imagenet.loop key=value ...: two ranks, one run."""
     settings = {**TINY, "epochs": 1, "world_size": 2, "backend": "gloo", "data": tree, "tracking_uri": store}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "resnet.training.imagenet_loop", *[f"{key}={value}" for key, value in settings.items()]]
+               "-m", "resnet.imagenet.loop", *[f"{key}={value}" for key, value in settings.items()]]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = mlflow_store.client(store).search_runs([mlflow_store.experiment_id("unit-imagenet", store)])
@@ -176,8 +176,8 @@ def _checkpoints(folder):
 
 STOPPED_CELL = """
 import sys
-from resnet.imagenet_config import ImageNetConfig
-from resnet.training.imagenet_loop import train_imagenet
+from resnet.imagenet.config import ImageNetConfig
+from resnet.imagenet.loop import train_imagenet
 settings, uri, checkpoints = eval(sys.argv[1]), sys.argv[2], sys.argv[3]
 train_imagenet(ImageNetConfig(**settings), tracking_uri=uri, checkpoint_dir=checkpoints)
 """

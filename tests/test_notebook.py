@@ -7,8 +7,9 @@ import types
 import pytest
 from conftest import ROOT
 
-from resnet.config import ConfigError, TrainConfig
-from resnet.imagenet_config import ImageNetConfig
+from resnet.cifar.config import TrainConfig
+from resnet.imagenet.config import ImageNetConfig
+from resnet.settings import ConfigError
 from resnet.studies.notebook import RUNNER_OPTIONS, configure
 
 
@@ -80,7 +81,7 @@ def test_importing_the_driver_leaves_sigterm_alone_and_its_first_call_restores_t
 
 
 def test_the_analysis_notebooks_parameter_cell_states_every_analysisconfig_default_and_nothing_else():
-    from resnet.analysis_config import AnalysisConfig
+    from resnet.analysis.config import AnalysisConfig
 
     namespace = _parameter_cell_namespace("analyse.ipynb")
     defaults = AnalysisConfig.__dataclass_fields__

@@ -8,13 +8,15 @@ import torch
 
 from resnet.analysis import lesion, shattering, surface
 from resnet.analysis import run as analysis_run
-from resnet.analysis_config import AnalysisConfig
-from resnet.config import TrainConfig
-from resnet.data import CLASSES, Cifar10, DataError, load_cifar10, measurement_sample
+from resnet.analysis.config import AnalysisConfig
+from resnet.cifar import loop
+from resnet.cifar.config import TrainConfig
+from resnet.cifar.data import CLASSES, Cifar10, load_cifar10, measurement_sample
+from resnet.cifar.input import normalisation_for
+from resnet.cifar.loop import train
 from resnet.models import build_model
-from resnet.training import loop
-from resnet.training.engine import LAYER_STATISTICS_BATCH, Normalisation
-from resnet.training.loop import train
+from resnet.settings import DataError
+from resnet.training.engine import LAYER_STATISTICS_BATCH
 
 CLASS_COUNT = len(CLASSES)
 
@@ -33,7 +35,7 @@ def _grey(labels: torch.Tensor) -> torch.Tensor:
 
 def _classes_of(inputs: torch.Tensor, data: Cifar10) -> torch.Tensor:
     """The classes of normalised inputs, read back from their grey level (normalisation is increasing in it)."""
-    normalise = Normalisation.for_images("per-pixel", data.train_images)
+    normalise = normalisation_for("per-pixel", data.train_images)
     levels = normalise(_grey(torch.arange(CLASS_COUNT))[:, None, None, None].expand(-1, 3, 32, 32), torch.float32)
     return (inputs[:, :1, :1, :1].flatten()[:, None] - levels[:, 0, 0, 0][None, :]).abs().argmin(dim=1)
 

@@ -1,6 +1,7 @@
 """Studies through real papermill and real kernels: end to end, idempotent, failures, kill/resume."""
 
 import dataclasses
+import gzip
 import json
 import os
 import re
@@ -85,6 +86,24 @@ def test_smoke_study_end_to_end_then_a_rerun_trains_nothing(store, tmp_path):
     again = run_study(study, tracking_uri=store, progress=False)
     assert [c.status for c in again.cells] == ["SKIPPED"] * 2 and again.images_trained == 0
     assert len(_runs(store, "smoke")) == 3  # no new runs
+
+
+# A study's store as the code before the package was laid out by data set left it (commit 6bb028d: resnet/config.py,
+# resnet/training/loop.py): `python -m resnet.study --study tests/fixtures/before-the-move/tiny.yaml --jobs 1`.
+BEFORE_THE_MOVE = ROOT / "tests" / "fixtures" / "before-the-move"
+
+
+def test_a_study_recorded_before_the_package_moved_is_found_and_skipped(store, tmp_path):
+    """Where the code lives is no part of a run's identity or its MLflow names: both finished runs are found."""
+    database = tmp_path / "before-the-move.db"
+    database.write_bytes(gzip.decompress((BEFORE_THE_MOVE / "mlflow.db.gz").read_bytes()))
+    study = load_study(str(BEFORE_THE_MOVE / "tiny.yaml"))
+    assert [cell.name for cell in study.cells] == ["plain20-s0", "resnet20-A-s0"]
+    outcome = run_study(study, tracking_uri=f"sqlite:///{database}", progress=False)
+    assert [c.status for c in outcome.cells] == ["SKIPPED"] * 2 and outcome.images_trained == 0
+    runs = _runs(f"sqlite:///{database}", "tiny")
+    assert sorted(round(r.data.metrics["final_train_error"], 2) for r in runs if r.data.tags.get(keys.ROLE_TAG) ==
+                  keys.ROLE_CELL) == [83.44, 88.44]  # as that code trained them, and no new run
 
 
 def test_bad_cells_fail_clearly_while_the_others_finish(store, tmp_path, capsys):

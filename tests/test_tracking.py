@@ -2,7 +2,7 @@
 and normalisation were settings still count as finished cells of what they ran."""
 
 
-from resnet.config import TrainConfig
+from resnet.cifar.config import TrainConfig
 from resnet.studies.plan import cell_runs
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store

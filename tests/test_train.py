@@ -5,11 +5,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from resnet.config import ConfigError, TrainConfig
+from resnet.cifar.checkpoints import checkpoint_path
+from resnet.cifar.config import TrainConfig
+from resnet.cifar.loop import Schedule, TrainingDiverged, train
+from resnet.settings import ConfigError
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store
-from resnet.training.checkpoints import checkpoint_path
-from resnet.training.loop import Schedule, TrainingDiverged, train
 
 TINY = dict(model="resnet20", data="synthetic:320", batch_size=32, device="cpu", study="unit")
 
@@ -140,7 +141,7 @@ def test_diverging_run_ends_failed_with_the_reason_and_the_store_stays_intact(st
 def test_warmup_uses_lr_0_01_until_the_last_20_steps_train_below_80_percent_error(store, monkeypatch):
     """Section 4.2: lr 0.01 "until the training error is below 80%", judged every 20 steps on those
     20 steps (not per epoch: a 5k subset has 39 steps an epoch, the whole of a short run's start)."""
-    from resnet.config import WARMUP_CHECK_STEPS
+    from resnet.cifar.config import WARMUP_CHECK_STEPS
     from resnet.training import engine
 
     learning_rates, errors = [], []  # per step, in order: SGD's update, then the step's record

@@ -12,10 +12,10 @@ import urllib.request
 
 import pytest
 
-from resnet.config import TrainConfig
+from resnet.cifar.config import TrainConfig
+from resnet.cifar.loop import train
 from resnet.tracking import keys
 from resnet.tracking.ui import study_links, ui_command
-from resnet.training.loop import train
 
 
 def _free_port() -> int:

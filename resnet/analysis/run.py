@@ -14,16 +14,16 @@ from pathlib import Path
 import torch
 
 from .. import readings
-from ..analysis_config import AT_INITIALISATION, AnalysisConfig
-from ..config import processor_description
-from ..data import measurement_sample
+from ..cifar.data import measurement_sample
+from ..cifar.input import normalisation_for
+from ..cifar.loop import prepare_data
+from ..hardware import processor_description
 from ..models import build_model
 from ..tracking import keys, store
-from ..training.engine import Normalisation
-from ..training.loop import prepare_data
 from . import lesion, shattering, surface
+from .config import AT_INITIALISATION, AnalysisConfig
 
-WEIGHTS_ARTIFACT = "state_dict.pt"  # what training.loop logs at the end of a run
+WEIGHTS_ARTIFACT = "state_dict.pt"  # what cifar.loop logs at the end of a run
 
 
 class AnalysisError(RuntimeError):
@@ -57,7 +57,7 @@ def network(config: AnalysisConfig, moment: str, tracking_uri: str | None = None
 
 def samples(config: AnalysisConfig, data) -> dict[str, torch.Tensor]:
     """The indices each measurement of ``config`` is made on, by name: a fixed, class-balanced random sample of
-    its split drawn with the run's seed (``data.measurement_sample``), never a prefix. The same seed gives every
+    its split drawn with the run's seed (``cifar.data.measurement_sample``), never a prefix. The same seed gives every
     network the same images, so a verdict paired by seed compares networks on one sample; the seeds' spread then
     holds the sample's variation too."""
     draw = {"lesion": {"lesion": ("test", config.lesion_images)},
@@ -80,7 +80,7 @@ def samples(config: AnalysisConfig, data) -> dict[str, torch.Tensor]:
 def measure(config: AnalysisConfig, tracking_uri: str | None = None) -> tuple[list[dict], dict[str, float]]:
     """The analysis's curve (rows of series, x, y) and its numbers."""
     data = prepare_data(config)
-    normalise = Normalisation.for_images(config.normalisation, data.train_images)
+    normalise = normalisation_for(config.normalisation, data.train_images)
     chosen = samples(config, data)
     rows, numbers = [], {}
     for moment in config.moments:

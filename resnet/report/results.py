@@ -111,9 +111,9 @@ def _run_row(run, study: str, profile: str, experiment_id: str) -> dict:
         "git_commit": tags.get(keys.GIT_COMMIT_TAG, ""), "git_dirty": tags.get(keys.GIT_DIRTY_TAG, ""),
         "processor": tags.get(keys.PROCESSOR_TAG, ""), "torch_version": tags.get(keys.TORCH_VERSION_TAG, ""),
         "start_time": started.isoformat(timespec="seconds"),
-        # A run that continued a kept shorter one (training.loop): which, and how many of its steps that one trained.
+        # A run that continued a kept shorter one (cifar.loop): which, and how many of its steps that one trained.
         "continued_from": tags.get(keys.CONTINUED_FROM_TAG, ""), "prefix_steps": tags.get(keys.PREFIX_STEPS_TAG, ""),
-        # A run whose history rows are windows of this many steps, not epochs (config.TrainConfig).
+        # A run whose history rows are windows of this many steps, not epochs (cifar.config.TrainConfig).
         "window_steps": "" if params.get("window_steps") in (None, "None") else params["window_steps"],
         **{key: params.get(key, "") for key in DATA_PARALLEL_PARAMS},
     }

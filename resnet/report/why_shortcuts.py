@@ -35,7 +35,7 @@ CLAIMS = {
 
 # What is measured, as declared in the code before the rerun of issue 35 (resnet.readings), on the page
 # beside each claim. Every sample is a fixed, seeded, class-balanced random draw of its split
-# (data.measurement_sample, the measured run's seed); the measurements before it took a prefix of a split that an
+# (cifar.data.measurement_sample, the measured run's seed); the measurements before it took a prefix of a split that an
 # image folder lists class by class, so they measured airplanes only.
 MEASURED = {
     "lesion": "The test error of the trained network on a class-balanced sample of test images (500) with each block "

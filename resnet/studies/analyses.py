@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..analysis_config import DEEPEST_ONLY, WITH_ABLATION, AnalysisConfig
-from ..config import TrainConfig
+from ..analysis.config import DEEPEST_ONLY, WITH_ABLATION, AnalysisConfig
+from ..cifar.config import TrainConfig
 from ..tracking import keys
 from .local import run_study
 from .plan import SKIPPED, TRAINED, StudyOutcome, visible_gpus

@@ -4,7 +4,7 @@ console's time left.
 Under the paper's schedule a shorter run is the longer one stopped early (the lr drops at 32k and 48k
 iterations are absolute), so the length of a CPU study is a free choice: the longest that finishes in
 the budget on the cores this process may use. Each network's step time is measured here first
-(``training.probe``, a few seconds, cached per machine and torch version); a cell's time is then its
+(``cifar.probe``, a few seconds, cached per machine and torch version); a cell's time is then its
 start-up, its steps and its test passes, and the study's time is the pool's: cells in the pool's order
 (``pool.longest_first``), each taking the first free slot. Lengths come in whole windows of the final
 training error (``min(390, steps per epoch)`` steps), so that a run's final error is over a whole window
@@ -25,10 +25,12 @@ from typing import Callable
 import torch
 
 from .. import paper
-from ..config import TrainConfig, faster_layout, identity_hash, processor_description
+from ..cifar.config import TrainConfig
+from ..hardware import faster_layout, processor_description
 from ..measures import count_multiply_adds
 from ..models import build_model
 from ..paths import atomic_write_bytes, runs_dir
+from ..settings import identity_hash
 from .spec import Cell, Study, StudyError
 
 # The laptop profile's length, 6 windows of 39 steps (a 5,000-image subset at batch 128): the shortest run a
@@ -93,7 +95,7 @@ class CellTime:
     def seconds(self, iterations: int) -> float:
         rows = math.ceil(iterations / self.steps_per_row)
         evaluations = rows // self.eval_every + (rows % self.eval_every > 0)
-        # A kept run is continued where it is shorter (``training.checkpoints.continuable``).
+        # A kept run is continued where it is shorter (``cifar.checkpoints.continuable``).
         start = self.kept_steps if self.kept_steps < iterations else 0
         if start:
             kept_rows = start // self.steps_per_row
@@ -128,7 +130,7 @@ class Plan:
     continued: int = 0  # cells that continue a kept shorter run
     times: dict[str, CellTime] = field(default_factory=dict)  # each cell's costs, by name, for the time left
     precision: str = ""  # and layout: what the cells compute in, e.g. "bf16, channels_last"
-    spread: float = 0.0  # the probe's largest spread between its rounds of one network (training.probe)
+    spread: float = 0.0  # the probe's largest spread between its rounds of one network (cifar.probe)
 
     @property
     def fits(self) -> bool:
@@ -185,7 +187,7 @@ Probe = Callable[[list[str], str, int, int, int], dict[str, dict[str, float]]]
 
 def probe_networks(networks: list[str], precision: str, threads: int, parallel: int,
                    batch_size: int = paper.BATCH_SIZE, layout: str = "auto") -> dict[str, dict[str, float]]:
-    """Seconds per step and per test image of each network, from ``training.probe`` run in ``parallel``
+    """Seconds per step and per test image of each network, from ``cifar.probe`` run in ``parallel``
     processes at once (as loaded as the study's cells will be), read from the cache when measured before
     on this machine with this torch."""
     identity = {"processor": processor_description(), "torch": torch.__version__, "precision": precision,
@@ -198,9 +200,9 @@ def probe_networks(networks: list[str], precision: str, threads: int, parallel: 
     if missing:
         print(f"  timing {', '.join(missing)} on this machine in {precision}"
               f"{f', {layout}' if layout != 'auto' else ''} ({parallel} at a time, {threads} thread"
-              f"{'s' if threads != 1 else ''} each; a bounded number of steps each: training.probe) ...", flush=True)
+              f"{'s' if threads != 1 else ''} each; a bounded number of steps each: cifar.probe) ...", flush=True)
         groups = [missing[i::parallel] for i in range(min(parallel, len(missing)))]
-        processes = [subprocess.Popen([sys.executable, "-m", "resnet.training.probe", "--precision", precision,
+        processes = [subprocess.Popen([sys.executable, "-m", "resnet.cifar.probe", "--precision", precision,
                                        "--threads", str(threads), "--batch-size", str(batch_size),
                                        "--layout", layout, *[f"--network={n}" for n in group]],
                                       stdout=subprocess.PIPE, text=True) for group in groups]
@@ -208,7 +210,7 @@ def probe_networks(networks: list[str], precision: str, threads: int, parallel: 
             output, _ = process.communicate()
             if process.returncode != 0:
                 raise StudyError(f"timing the networks failed (exit {process.returncode}); run "
-                                 f"python -m resnet.training.probe --network {missing[0]} --precision {precision} "
+                                 f"python -m resnet.cifar.probe --network {missing[0]} --precision {precision} "
                                  "to see why")
             known.update(json.loads(output.strip().splitlines()[-1]))
         atomic_write_bytes(cache, json.dumps({**identity, "networks": known}, indent=1).encode())
@@ -232,7 +234,7 @@ class LayoutChoice:
 def choose_layout(networks: list[str], threads: int, parallel: int, batch_size: int = paper.BATCH_SIZE,
                   probe: Probe | None = None) -> LayoutChoice:
     """Time ``networks`` in fp32 in both layouts (``parallel`` at a time, as loaded as the cells will be) and
-    choose by ``config.faster_layout``."""
+    choose by ``hardware.faster_layout``."""
     seconds = {}
     for layout in ("contiguous", "channels_last"):
         measured = (probe or probe_networks)(networks, "fp32", threads, parallel, batch_size, layout)

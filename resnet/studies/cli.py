@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from ..config import TrainConfig
-from ..data import DataError
+from ..cifar.config import TrainConfig
+from ..settings import DataError
 from ..tracking import keys, store
 from . import budget
 from .analyses import SlurmRoute, run_analyses

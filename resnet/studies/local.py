@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .. import paper
-from ..config import TrainConfig
+from ..cifar.config import TrainConfig
 from ..paths import runs_dir
 from ..tracking import store
 from .budget import Plan, threads_per_cell

@@ -12,14 +12,15 @@ import signal
 import threading
 from typing import Any
 
+from ..analysis.config import AnalysisConfig
 from ..analysis.run import analyse as measure_and_log
 from ..analysis.run import read_curve
-from ..analysis_config import AnalysisConfig
-from ..config import ConfigError, TrainConfig
-from ..imagenet_config import ImageNetConfig
+from ..cifar.config import TrainConfig
+from ..cifar.loop import TrainResult, train
+from ..imagenet.config import ImageNetConfig
+from ..imagenet.loop import train_imagenet
+from ..settings import ConfigError
 from ..tracking import keys, store
-from ..training.imagenet_loop import train_imagenet
-from ..training.loop import TrainResult, train
 
 # Parameters the notebook takes besides the TrainConfig fields.
 RUNNER_OPTIONS = ("tracking_uri", "parent_run_id", "progress")

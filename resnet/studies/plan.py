@@ -19,10 +19,10 @@ from typing import Any
 import torch
 import yaml
 
-from ..config import TrainConfig
-from ..data import load_cifar10
-from ..imagenet import open_imagenet
-from ..imagenet_config import ImageNetConfig
+from ..cifar.config import TrainConfig
+from ..cifar.data import load_cifar10
+from ..imagenet.config import ImageNetConfig
+from ..imagenet.data import open_imagenet
 from ..tracking import keys, store
 from .spec import Cell, Study
 
@@ -107,8 +107,8 @@ def cell_runs(experiment: str, config: TrainConfig | ImageNetConfig, uri: str) -
 
 def kept_steps(cell: Cell, uri: str) -> int:
     """The SGD steps of the longest finished run of the lineage ``cell`` continues (``TrainConfig.continued_lineage``;
-    its precision resolved), shorter than the cell: the state it continues (``training.loop`` keeps the longest
-    one; ``training.checkpoints.continuable`` also checks the learning rates agree). 0 where none is recorded."""
+    its precision resolved), shorter than the cell: the state it continues (``cifar.loop`` keeps the longest
+    one; ``cifar.checkpoints.continuable`` also checks the learning rates agree). 0 where none is recorded."""
     config = cell.config.resolved_for("cpu") if isinstance(cell.config, TrainConfig) else None
     lineage = config.continued_lineage() if config is not None else None
     if lineage is None:

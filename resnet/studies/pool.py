@@ -23,8 +23,8 @@ from typing import TextIO
 
 import yaml
 
-from ..analysis_config import AnalysisConfig
-from ..config import TrainConfig
+from ..analysis.config import AnalysisConfig
+from ..cifar.config import TrainConfig
 from ..paths import project_root
 from ..tracking import keys, store
 from .budget import Plan, cost, longest_first, makespan, network_key
@@ -255,7 +255,7 @@ class _TimeLeft:
         self.seconds_spent += seconds
 
     def epoch_line(self, cell: Cell, line: str) -> None:
-        """A running cell's epoch line (``training.loop``): its images per second, read as seconds per step."""
+        """A running cell's epoch line (``cifar.loop``): its images per second, read as seconds per step."""
         speed = EPOCH_SPEED.search(line)
         if speed and float(speed.group(1).replace(",", "")) > 0:
             self.step_seconds[network_key(cell.config)] = (cell.config.batch_size
@@ -326,7 +326,7 @@ INHERITED_RUN_VARIABLES = ("MLFLOW_RUN_ID",)
 
 def _new_epoch_lines(log: Path, running: _Running) -> list[str]:
     """The epoch lines the cell wrote to its log since the last look: training prints one per row (an epoch
-    or a window), starting with the run's name (``training.loop``), and one when it resumes or continues a shorter
+    or a window), starting with the run's name (``cifar.loop``), and one when it resumes or continues a shorter
     run."""
     try:
         with open(log, "rb") as handle:

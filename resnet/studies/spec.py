@@ -11,18 +11,19 @@ from typing import Any
 
 import yaml
 
-from ..analysis_config import ANALYSES, AT_END, AT_INITIALISATION, AnalysisConfig, applies, size_settings
-from ..config import ABLATION_SETTINGS, ConfigError, TrainConfig, from_mapping
-from ..imagenet_config import ImageNetConfig
+from ..analysis.config import ANALYSES, AT_END, AT_INITIALISATION, AnalysisConfig, applies, size_settings
+from ..cifar.config import ABLATION_SETTINGS, TrainConfig
+from ..imagenet.config import ImageNetConfig
 from ..paths import project_root
+from ..settings import ConfigError, from_mapping
 
 STUDY_KEYS = {"description", "dataset", "defaults", "grid", "profiles", "default_profile", "extends"}
 # A profile: its seeds, the settings it gives every cell, optionally which models of the grid it runs
 # (``models``), whether it runs the grid's ablations (``ablations``, default true: cells that set one of
-# ``config.ABLATION_SETTINGS``), how many cells run at once (``jobs``) where the command line does not say, and
+# ``cifar.config.ABLATION_SETTINGS``), how many cells run at once (``jobs``) where the command line does not say, and
 # which analyses of its finished runs it makes (``analyses``: a map of analysis to the moments it measures,
 # ``{shattering: [init, final], lesion: [final]}``; ``studies.analyses``) at which sizes where not the defaults
-# (``analysis_settings``: ``{surface_grid: 31}``, names from ``analysis_config.size_settings``).
+# (``analysis_settings``: ``{surface_grid: 31}``, names from ``analysis.config.size_settings``).
 PROFILE_KEYS = {"description", "seeds", "settings", "models", "ablations", "jobs", "analyses", "analysis_settings"}
 LIST_VALUED_PARAMETERS = {"milestones"}  # a list here is one value, not a set of alternatives
 # A batch-128 CIFAR run leaves a large GPU mostly idle: the local executor puts this many cells on

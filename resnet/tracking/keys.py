@@ -51,7 +51,7 @@ PROCESSOR_TAG = "processor"  # the CPU's model and bf16 features (config.process
 DATA_PROVENANCE_TAG = "data_provenance"
 DATA_DESCRIPTION_TAG = "data_description"
 FAILURE_REASON_TAG = "failure_reason"
-# A run that continues a shorter run of its lineage (config.TrainConfig.lineage; training.loop): the
+# A run that continues a shorter run of its lineage (cifar.config.TrainConfig.lineage; cifar.loop): the
 # lineage, the run it continued and the steps of its history that run trained.
 LINEAGE_TAG = "lineage"
 CONTINUED_FROM_TAG = "continued_from"

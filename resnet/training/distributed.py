@@ -28,8 +28,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ..config import ConfigError
-from ..imagenet_config import BACKENDS
+from ..hardware import BACKENDS
+from ..settings import ConfigError
 from .stop import StopSignals
 
 # Long enough for rank 0's slowest solitary work between collectives (an epoch's checkpoint and its

@@ -1,7 +1,7 @@
 """What one step of training is: the optimiser, augmentation and normalisation on the device, the
 eager and CUDA-graph steps, evaluation, and the Figure 7 layer statistics.
 
-The run loop (``loop.py``) and the throughput bench (``bench.py``) both build on these parts, so
+The CIFAR-10 loop and bench (``cifar.loop``, ``cifar.bench``) and the ImageNet loop build on these parts, so
 the bench times exactly the step that training runs.
 
 Precision is one setting (:class:`Precision`): ``bf16`` runs the model under bf16 autocast with
@@ -22,15 +22,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import paper
-from ..config import ConfigError, resolve_layout, resolve_precision
-from ..data import MEAN, STD
+from ..hardware import resolve_layout, resolve_precision
 from ..measures import three_by_three_responses
+from ..settings import ConfigError
 
 EVAL_BATCH = 1000
 LAYER_STATISTICS_BATCH = 256  # the fixed batch the Figure 7 statistics are measured on
 GRAPH_PRIMING_STEPS = 3  # steps before a CUDA graph is captured (cuDNN autotuning, allocator), then undone
 EXACT_FLOAT32_IMAGES = 256  # a float32 sum of 256 squared uint8 values is exact: 256 x 255^2 < 2^24
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that a timer reads finished steps."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -130,16 +135,6 @@ class Normalisation:
     std: torch.Tensor
 
     @classmethod
-    def for_images(cls, kind: str, train_images: torch.Tensor, chunk: int = 10_000) -> Normalisation:
-        device = train_images.device
-        if kind == "per-channel":
-            return cls(kind, torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255,
-                       torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255)
-        if kind != "per-pixel":
-            raise ConfigError(f"normalisation: unknown normalisation {kind!r}; legal values: per-pixel, per-channel")
-        return cls.per_pixel(train_images[start:start + chunk] for start in range(0, len(train_images), chunk))
-
-    @classmethod
     def per_pixel(cls, batches: Iterable[torch.Tensor]) -> Normalisation:
         """The per-pixel normalisation of the images in ``batches`` (uint8, N x C x H x W each), batch by batch:
         float32 sums of EXACT_FLOAT32_IMAGES images added in float64, float64's sums bit for bit, 9 times faster."""
@@ -161,41 +156,6 @@ class Normalisation:
     def __call__(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """uint8 -> standardised ``dtype``."""
         return ((images.float() - self.mean) / self.std).to(dtype)
-
-
-def augment(images: torch.Tensor, generator: torch.Generator, chunk: int = 10_000) -> torch.Tensor:
-    """The paper's augmentation, per image: 4-pixel zero padding, a random 32x32 crop and a
-    horizontal flip with probability 0.5 (section 4.2). uint8 in, uint8 out.
-
-    The crop offsets and the flip are folded into one row index and one column index, so each
-    chunk costs two gathers and no Python loop over images.
-    """
-    count = images.shape[0]
-    device = images.device
-    pad = paper.CROP_PADDING
-    offset_y = torch.randint(0, 2 * pad + 1, (count,), generator=generator, device=device)
-    offset_x = torch.randint(0, 2 * pad + 1, (count,), generator=generator, device=device)
-    flip = torch.rand(count, generator=generator, device=device) < 0.5
-    positions = torch.arange(32, device=device)
-    rows = offset_y[:, None] + positions  # count x 32
-    cols = offset_x[:, None] + torch.where(flip[:, None], 31 - positions, positions)
-    out = torch.empty_like(images)
-    for start in range(0, count, chunk):
-        stop = min(start + chunk, count)
-        padded = F.pad(images[start:stop], (pad, pad, pad, pad))  # zeros: the paper pads with zeros
-        n = stop - start
-        picked_rows = padded.gather(2, rows[start:stop, None, :, None].expand(n, 3, 32, 32 + 2 * pad))
-        out[start:stop] = picked_rows.gather(3, cols[start:stop, None, None, :].expand(n, 3, 32, 32))
-    return out
-
-
-def prepare_epoch(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, precision: Precision,
-                  normalise: Normalisation) -> tuple[torch.Tensor, torch.Tensor]:
-    """One epoch of training input, on the images' device: shuffled, augmented, normalised, in
-    the step's dtype and layout. Batches are then slices of it (no per-step preparation)."""
-    order = torch.randperm(len(labels), generator=generator, device=images.device)
-    epoch_images = normalise(augment(images[order], generator), precision.input_dtype)
-    return precision.layout(epoch_images), labels[order]
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ GRAPH_TOLERANCE = 1e-2
 def environment(args) -> dict:
     """a. What the GPU and its software are; and the CIFAR-10 copy decoded once into the check's cache, so
     that the study steps' budgets are training, not decoding."""
-    from resnet.data import load_cifar10
+    from resnet.cifar.data import load_cifar10
 
     # The GPU first, written at once: if the decoding below runs past the cap, what the machine is stays known.
     on_cuda = torch.cuda.is_available()
@@ -93,7 +93,7 @@ def graph(args) -> dict:
 
 def bench(args) -> dict:
     """b. ``make bench``: the seed-style loop against ours, in the same run (ResNet-18 and ResNet-34)."""
-    command = [sys.executable, "-m", "resnet.training.bench"]
+    command = [sys.executable, "-m", "resnet.cifar.bench"]
     command += (["--models", "resnet18,resnet34"] if args.mode == "gpu" else
                 ["--models", "resnet20", "--steps", "1", "--untimed-steps", "0", "--batch-size", "16",
                  "--workers", "0", "--cpu-variants", "none"])
@@ -179,8 +179,8 @@ def science(args) -> dict:
 def surface_grid(args) -> dict:
     """d. The loss surface's 2-D grid (Li et al. 2018, Figure 5; the GPU profiles' contour) of one of science's
     trained plain-56 runs, measured on the device through the analysis's own code, logged as an analysis run."""
+    from resnet.analysis.config import AnalysisConfig
     from resnet.analysis.run import analyse, read_curve
-    from resnet.analysis_config import AnalysisConfig
     from resnet.tracking import keys, store
 
     trained = [run for run in _cell_runs(args.uri, "cifar-depth")
@@ -210,7 +210,7 @@ def surface_grid(args) -> dict:
 def imagenet_bench(args) -> dict:
     """e. ``make bench MODE=imagenet``: the input paths alone, and on a GPU training per GPU for ResNet-18/34
     at 224 against torchvision's reference loop."""
-    command = [sys.executable, "-m", "resnet.training.imagenet_bench"]
+    command = [sys.executable, "-m", "resnet.imagenet.bench"]
     command += (["--data", "synthetic:1024", "--workers", "8", "--steps", "60"] if args.mode == "gpu" else
                 ["--data", "synthetic:100", "--workers", "0", "--steps", "1", "--untimed-steps", "0",
                  "--batch-size", "4"])
@@ -232,7 +232,7 @@ def imagenet_cell(args) -> dict:
     world size 1, 2 epochs of a practice folder."""
     folder = args.work / "practice"
     count = 1000 if args.mode == "gpu" else 100
-    _run([sys.executable, "-m", "resnet.training.imagenet_bench", "--data", f"synthetic:{count}",
+    _run([sys.executable, "-m", "resnet.imagenet.bench", "--data", f"synthetic:{count}",
           "--write-synthetic", str(folder)])
     settings = {"data": folder, "model": "resnet18", "shortcut": "A", "epochs": 2, "lr_drop_epochs": 1,
                 "world_size": 1, "study": "gpu-check-imagenet", "tracking_uri": args.uri}
@@ -241,7 +241,7 @@ def imagenet_cell(args) -> dict:
     else:
         settings.update(batch_size=4, mean_images=8, workers=0, backend="gloo", crop=32, scale_min=36, scale_max=48,
                         test_size=36, train_subset=2, val_subset=1, precision="fp32")
-    printed = _run(torchrun_command("resnet.training.imagenet_loop", settings))
+    printed = _run(torchrun_command("resnet.imagenet.loop", settings))
     (run,) = _cell_runs(args.uri, "gpu-check-imagenet")
     params, metrics = run.data.params, run.data.metrics
     result = {"status": run.info.status, "device": run.data.tags.get("device"), "backend": params.get("backend"),

@@ -31,16 +31,14 @@ import torch
 from torch import nn
 
 from .. import paper
-from ..config import WARMUP_CHECK_STEPS, TrainConfig, processor_description
-from ..data import Cifar10, load_cifar10, measurement_sample, subset, validation_split
+from ..hardware import processor_description
 from ..measures import count_multiply_adds, count_parameters
 from ..models import build_model
 from ..paths import atomic_write_bytes
 from ..tracking import keys, store
 from ..tracking.keys import TOTAL_STEPS_PARAM
-from .checkpoints import checkpoint_path, continuable, keep_last_state
-from .console import print_row, progress_bar
-from .engine import (
+from ..training.console import print_row, progress_bar
+from ..training.engine import (
     LAYER_STATISTICS_BATCH,
     SGD,
     Normalisation,
@@ -50,12 +48,15 @@ from .engine import (
     evaluate,
     layer_statistics,
     make_train_step,
-    prepare_epoch,
     resolve_device,
     stage_output_stds,
 )
+from ..training.stop import StopSignals
+from .checkpoints import checkpoint_path, continuable, keep_last_state
+from .config import WARMUP_CHECK_STEPS, TrainConfig
+from .data import Cifar10, load_cifar10, measurement_sample, subset, validation_split
+from .input import normalisation_for, prepare_epoch
 from .schedule import Schedule
-from .stop import StopSignals
 
 
 class TrainingDiverged(RuntimeError):
@@ -233,7 +234,7 @@ class _Run:
         generator = torch.Generator(device=device).manual_seed(config.seed)
         tensors = {name: getattr(data, name).to(device)
                    for name in ("train_images", "train_labels", "test_images", "test_labels")}
-        normalise = Normalisation.for_images(config.normalisation, tensors["train_images"])
+        normalise = normalisation_for(config.normalisation, tensors["train_images"])
         # The final training error's window: one row, at most the paper's epoch of 390 steps.
         record = StepMetrics(device, window=config.final_error_steps(len(data.train_labels)))
         return cls(config, schedule, precision, normalise, model, optimizer, lr, generator, tensors, record,
@@ -317,7 +318,7 @@ class _Run:
 
     def diagnostics_sample(self, split: str) -> torch.Tensor:
         """The fixed batch the diagnostics measure on: a class-balanced sample of ``split`` drawn with the run's
-        seed (``data.measurement_sample``; its own generator, so training's draws are untouched)."""
+        seed (``cifar.data.measurement_sample``; its own generator, so training's draws are untouched)."""
         labels = self.tensors[f"{split}_labels"]
         return measurement_sample(labels.cpu(), LAYER_STATISTICS_BATCH, self.config.seed).to(labels.device)
 

@@ -16,7 +16,7 @@ Then, on a GPU only, training per GPU at 224x224 (ResNet-18 and ResNet-34): the 
 feeding an fp32 model, against ours, bf16 and channels_last fed by (b) and by (c). Without a GPU the
 training half is not run, and the bench says so. A measurement, not a test.
 
-    python -m resnet.training.imagenet_bench --data /path/to/imagenet --workers 8
+    python -m resnet.imagenet.bench --data /path/to/imagenet --workers 8
 """
 
 from __future__ import annotations
@@ -31,11 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import paper
-from ..imagenet import open_imagenet
 from ..models import build_model
-from .bench import _sync
-from .engine import SGD, Precision, resolve_device
-from .imagenet_input import (
+from ..training.engine import SGD, Precision, resolve_device, synchronise
+from .data import open_imagenet
+from .input import (
     EncodedImages,
     ImageNetImages,
     decode_training_views,
@@ -123,12 +122,12 @@ def images_per_second(batches, batch_size: int, steps: int, untimed: int, device
     started = None
     for index in range(untimed + steps):
         if index == untimed:
-            _sync(device)
+            synchronise(device)
             started = time.perf_counter()
         inputs, labels = next(batches)
         if step is not None:
             step(inputs, labels)
-    _sync(device)
+    synchronise(device)
     return steps * batch_size / (time.perf_counter() - started)
 
 
@@ -151,7 +150,7 @@ def training_step(model_name: str, classes: int, device: torch.device, precision
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnet.training.imagenet_bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m resnet.imagenet.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="synthetic:512",
                         help="an ImageNet folder (train/<wnid>/), or synthetic:N for N JPEGs of 500x375 made here")

@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import paper
-from .config import PRECISIONS, ConfigError, from_mapping, identity_hash, resolve_precision
-from .models import architecture, resolve_shortcut
+from .. import paper
+from ..hardware import BACKENDS, PRECISIONS, resolve_precision
+from ..models import architecture, resolve_shortcut
+from ..settings import ConfigError, from_mapping, identity_hash
 
 IMAGENET_BATCH_SIZE = 256  # section 3.4: "SGD with a mini-batch size of 256"
 # The paper's machine: 8 GPUs of 32 images, so BatchNorm's statistics are over 32 images (no SyncBN).
@@ -23,7 +24,6 @@ PAPER_WORLD_SIZE = 8
 PAPER_PRECISION = "fp32"  # 2015: no reduced-precision training
 LR_DROP_EPOCHS = (30, 60)  # our reading of Figure 4's drops (see above)
 EPOCHS = 90  # "up to 60 x 10^4 iterations"; Figure 4 ends near 45 x 10^4 = 90 epochs of 1.28M at 256
-BACKENDS = ("auto", "nccl", "gloo")
 # Settings that say how a run is carried out, not what it computes: not part of its identity.
 NOT_IDENTITY = ("workers", "study", "run_name", "cell")
 
@@ -33,7 +33,7 @@ class ImageNetConfig:
     model: str = "resnet34"
     shortcut: str | None = None  # A | B | C | None (the paper's default: B for the ImageNet nets)
     seed: int = 0
-    data: str = ""  # an image-folder tree or the official archives (resnet.imagenet)
+    data: str = ""  # an image-folder tree or the official archives (resnet.imagenet.data)
     epochs: int = EPOCHS
     lr_drop_epochs: tuple[int, ...] = LR_DROP_EPOCHS
     batch_size: int = IMAGENET_BATCH_SIZE  # the global batch, over all processes

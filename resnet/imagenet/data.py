@@ -26,8 +26,8 @@ from pathlib import Path
 from PIL import Image
 from torchvision.datasets import ImageNet
 
-from .data import DataError
-from .paths import data_dir
+from ..paths import data_dir
+from ..settings import DataError
 
 SPLITS = ("train", "val")
 OFFICIAL_ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz")

@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from .config import ConfigError, TrainConfig, from_mapping, identity_hash
-from .models import architecture
+from ..cifar.config import TrainConfig
+from ..models import architecture
+from ..settings import ConfigError, from_mapping, identity_hash
 
 SAMPLE = "class-balanced"
 # The measurements (issue 28): Veit et al. 2016, Balduzzi et al. 2017, Li et al. 2018.
@@ -47,15 +48,16 @@ class AnalysisConfig:
     zero_init_residual: bool = False
     stem: str = "cifar"
     seed: int = 0
-    # The data as the measured run trained on it (``training.loop.prepare_data`` reads these four).
+    # The data as the measured run trained on it (``cifar.loop.prepare_data`` reads these four).
     data: str = "download"
     validation: bool = False
     train_subset: int | None = None
     test_subset: int | None = None
     normalisation: str = "per-pixel"
-    # Every measurement is made on a fixed, seeded, class-balanced sample of its split (``data.measurement_sample``,
-    # drawn with the measured run's seed), never a prefix: in the identity, so that analyses measured on a prefix
-    # (before issue 35: airplanes only, where the split came class by class) are never taken for these.
+    # Every measurement is made on a fixed, seeded, class-balanced sample of its split
+    # (``cifar.data.measurement_sample``, drawn with the measured run's seed), never a prefix: in the identity, so
+    # that analyses measured on a prefix (before issue 35: airplanes only, where the split came class by class) are
+    # never taken for these.
     sample: str = SAMPLE
     # Lesion: this many test images, error with each block and k = 1..10 random blocks deleted, this many draws
     # each (500 images: a test error to about +-2 points, enough for effects of tens).
@@ -105,7 +107,7 @@ class AnalysisConfig:
                               f"least 2 directions, or 0 for none; got {self.surface_grid} for the {self.analysis}"
                               f" with {self.surface_directions} directions")
         if self.sample != SAMPLE:
-            raise ConfigError(f"sample: every measurement draws a {SAMPLE} sample (data.measurement_sample); got "
+            raise ConfigError(f"sample: every measurement draws a {SAMPLE} sample (cifar.data.measurement_sample); got "
                               f"{self.sample!r}")
         if self.precision != "fp32":
             raise ConfigError(f"precision: the analyses compute in fp32, got {self.precision!r}")

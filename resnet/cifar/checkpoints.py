@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import TrainConfig
 from ..paths import runs_dir
+from .config import TrainConfig
 from .schedule import Schedule
 
 

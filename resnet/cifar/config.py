@@ -7,22 +7,18 @@ with a :class:`ConfigError` that names the key and the legal values.
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import json
 import math
-import sys
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from . import paper
-from .models import architecture, check_stem, check_zero_init_residual, resolve_shortcut
-from .tracking.keys import LEGACY_NORMALISATION, LEGACY_SCHEDULE_NAMES, ZERO_INIT_LABEL
+from .. import paper
+from ..hardware import HISTORICAL_LAYOUT, LAYOUTS, PRECISIONS, resolve_layout, resolve_precision
+from ..models import architecture, check_stem, check_zero_init_residual, resolve_shortcut
+from ..settings import ConfigError, from_mapping, identity_hash
+from ..tracking.keys import LEGACY_NORMALISATION, LEGACY_SCHEDULE_NAMES, ZERO_INIT_LABEL
 
 SCHEDULES = ("paper", "paper-compressed", "multistep", "cosine")
 STEP_MODES = ("auto", "eager", "cuda-graph")
-PRECISIONS = ("auto", "bf16", "fp32", "best")
 NORMALISATIONS = ("per-pixel", "per-channel")
 # Not part of the experiment's identity: where, how fast, how often it is looked at, under which name.
 NOT_IDENTITY = ("device", "step_mode", "threads", "eval_every", "study", "run_name", "cell")
@@ -36,10 +32,6 @@ ABLATION_SETTINGS = ("zero_init_residual",)
 # the switch within 20 steps of the crossing however short the epoch (a 5k subset has 39 steps).
 # Runs with the warm-up carry it in their identity: earlier ones judged it once per epoch.
 WARMUP_CHECK_STEPS = 20
-
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, mistyped or out of range; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +192,7 @@ class TrainConfig:
     def lineage(self) -> str | None:
         """The experiment's identity apart from its length, where runs of one lineage are prefixes of each
         other: the paper's schedule (its lr drops are absolute iterations, so a shorter run is the longer
-        one stopped early). A longer run continues a kept shorter one (``training.loop``). None for the
+        one stopped early). A longer run continues a kept shorter one (``cifar.loop``). None for the
         schedules whose learning rates depend on the run's length."""
         if self.schedule != "paper":
             return None
@@ -248,126 +240,3 @@ class TrainConfig:
         return identity
 
 
-LAYOUTS = ("auto", "contiguous", "channels_last")
-# The layout each precision ran in before the layout was a setting: bf16 channels_last (oneDNN's and cuDNN's bf16
-# kernels), fp32 contiguous (every CPU run; no fp32 run has been recorded on CUDA).
-HISTORICAL_LAYOUT = {"bf16": "channels_last", "fp32": "contiguous"}
-
-
-# An fp32 CPU study leaves contiguous, the layout every fp32 run so far has had, only for a clear gain: a choice
-# that flipped between two measurements would put a study's runs in two layouts (two identities).
-LAYOUT_GAIN = 1.05
-
-
-def faster_layout(step_seconds: dict[str, float]) -> str:
-    """The layout an fp32 CPU study trains in, from each layout's measured step time: channels_last where it is
-    at least LAYOUT_GAIN times as fast, else contiguous."""
-    return ("channels_last" if step_seconds["contiguous"] >= LAYOUT_GAIN * step_seconds["channels_last"]
-            else "contiguous")
-
-
-def resolve_layout(layout: str, precision: str, device_type: str) -> str:
-    """``auto``: channels_last in bf16 and on CUDA, else contiguous (a study on an fp32 CPU passes its
-    measured choice instead); a named layout stays."""
-    if layout != "auto":
-        return layout
-    return "channels_last" if precision == "bf16" or device_type == "cuda" else "contiguous"
-
-
-def resolve_precision(precision: str, device_type: str) -> str:
-    """``auto``: bf16 on CUDA (autocast, where tensor cores run it), fp32 on the CPU. ``best``: bf16
-    wherever the hardware runs it natively (CUDA; CPUs with AVX512-BF16 or AMX), else fp32."""
-    if precision == "auto":
-        return "bf16" if device_type == "cuda" else "fp32"
-    if precision == "best":
-        return "bf16" if device_type == "cuda" or cpu_has_native_bf16() else "fp32"
-    return precision
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX, read from /proc/cpuinfo);
-    elsewhere bf16 autocast is emulated and slower than fp32, so ``best`` keeps fp32."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not sys.platform.startswith("linux") or not cpuinfo.is_file():
-        return False
-    flags = set(cpuinfo.read_text(errors="replace").split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def processor_description() -> str:
-    """This CPU as a run records it: its model name and whether it computes bf16 natively (AVX512-BF16,
-    AMX), which decides what ``best`` runs and so the numbers (Linux /proc/cpuinfo; elsewhere the platform's
-    name)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not sys.platform.startswith("linux") or not cpuinfo.is_file():
-        import platform
-
-        return platform.processor() or platform.machine() or "unknown"
-    text = cpuinfo.read_text(errors="replace")
-    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
-    flags = set(text.split())
-    features = [f"{'' if flag in flags else 'no '}{name}" for flag, name in
-                (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX"), ("avx2", "AVX2"))]
-    return f"{names[0] if names else 'unknown CPU'} ({', '.join(features)})"
-
-
-def identity_hash(identity: dict[str, Any]) -> str:
-    """A run's fingerprint: 16 hex digits of the SHA-256 of its identifying settings as sorted JSON."""
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def from_mapping(config_class: type, values: dict[str, Any]):
-    """A settings dataclass (``TrainConfig``, ``ImageNetConfig``) from plain values: an unknown key is
-    an error naming the nearest legal one and listing them all; each value is coerced to its field's type."""
-    known = {f.name: f for f in fields(config_class)}
-    unknown = [key for key in values if key not in known]
-    if unknown:
-        hints = [f"{key!r}" + "".join(f" (did you mean {close!r}?)" for close in
-                                      difflib.get_close_matches(key, known, n=1)) for key in unknown]
-        raise ConfigError(f"unknown parameter {', '.join(hints)}; legal parameters: {', '.join(known)}")
-    return config_class(**{key: coerce_value(key, value, known[key].type) for key, value in values.items()})
-
-
-def coerce_value(key: str, value: Any, annotation: str) -> Any:
-    """A setting's value from its natural spellings (``"0.1"``, ``"true"``, ``"30 60"``) for the type
-    its dataclass field declares; anything else is a ``ConfigError`` naming ``key``."""
-    optional = "None" in annotation
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("", "none", "null")):
-        if optional:
-            return None
-        raise ConfigError(f"{key}: may not be None")
-    if "tuple[str" in annotation:  # names, such as an analysis's moments
-        if isinstance(value, str):
-            value = value.replace(",", " ").split()
-        if not isinstance(value, (list, tuple)) or not all(isinstance(part, str) for part in value):
-            raise ConfigError(f"{key}: expected a list of names, got {value!r}")
-        return tuple(value)
-    if "tuple" in annotation:
-        if isinstance(value, str):
-            value = value.replace(",", " ").split()
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list of whole numbers, got {value!r}")
-        try:
-            return tuple(int(part) for part in value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a list of whole numbers, got {value!r}") from None
-    if "bool" in annotation:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if "int" in annotation:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
-            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
-        return int(value)
-    if "float" in annotation:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected text, got {value!r}")
-    return value

@@ -5,8 +5,8 @@ A step is timed as ``train()`` runs it (``engine.make_train_step``: forward, bac
 run's precision and memory layout), on a batch of random images: its time does not depend on what the
 pixels are. The first steps are not timed (allocations, oneDNN's kernel choice).
 
-    python -m resnet.training.probe --network plain56 --network resnet56:A --precision bf16 --threads 1
-    python -m resnet.training.probe --network plain56 --precision fp32 --layout channels_last
+    python -m resnet.cifar.probe --network plain56 --network resnet56:A --precision bf16 --threads 1
+    python -m resnet.cifar.probe --network plain56 --precision fp32 --layout channels_last
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import time
 import torch
 
 from .. import paper
-from ..config import LAYOUTS
+from ..hardware import LAYOUTS
 from ..models import build_model
-from .engine import SGD, Precision, StepMetrics, make_train_step
+from ..training.engine import SGD, Precision, StepMetrics, make_train_step
 
 # A step's time is the median of ROUNDS rounds of TIMED_STEPS after UNTIMED_STEPS. It depends on what the other
 # cores run: on the 2-core Xeon (AMX) plain-56 read 0.48-0.49 s a step alone, 0.55 beside the 20-layer networks'
@@ -80,7 +80,7 @@ def network_seconds(model_name: str, shortcut: str | None, precision_name: str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnet.training.probe", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m resnet.cifar.probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--network", action="append", required=True, metavar="MODEL[:SHORTCUT]",
                         help="a network to time, e.g. plain56 or resnet56:A (repeatable)")

@@ -14,7 +14,7 @@ Prints images/s for each, the ratio (c)/(a), and the share of the device's peak 
 counting 6 x multiply-adds per image for a training step (2 FLOPs per multiply-add; the backward
 pass costs about twice the forward). A measurement, not a test: numbers depend on the machine.
 
-    python -m resnet.training.bench --models resnet18,resnet34 --steps 200
+    python -m resnet.cifar.bench --models resnet18,resnet34 --steps 200
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import paper
-from ..config import LAYOUT_GAIN, PRECISIONS, cpu_has_native_bf16, faster_layout
-from ..data import MEAN, STD, load_cifar10
+from ..hardware import LAYOUT_GAIN, PRECISIONS, cpu_has_native_bf16, faster_layout
 from ..measures import count_multiply_adds
 from ..models import build_model, list_models
-from .engine import SGD, Normalisation, Precision, StepMetrics, make_train_step, prepare_epoch, resolve_device
+from ..training.engine import SGD, Precision, StepMetrics, make_train_step, resolve_device, synchronise
+from .data import MEAN, STD, load_cifar10
+from .input import normalisation_for, prepare_epoch
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets, by device-name fragment.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12,
@@ -44,11 +45,6 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for fragment, peak in PEAK_BF16_FLOPS.items() if fragment in name), None)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _TransformedImages(torch.utils.data.Dataset):
@@ -100,7 +96,7 @@ def reference_loop(
     while done < untimed_steps + steps:
         for x, y in loader:
             if done == untimed_steps:
-                _sync(device)
+                synchronise(device)
                 started = time.perf_counter()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = F.cross_entropy(model(x), y)
@@ -110,7 +106,7 @@ def reference_loop(
             done += 1
             if done == untimed_steps + steps:
                 break
-    _sync(device)
+    synchronise(device)
     return steps * batch_size / (time.perf_counter() - started)
 
 
@@ -136,7 +132,7 @@ def project_loop(
     resident = images.to(device)
     resident_labels = labels.to(device)
     per_epoch = len(resident_labels) // batch_size
-    normalise = Normalisation.for_images("per-pixel", resident)  # the paper's, as train() runs by default
+    normalise = normalisation_for("per-pixel", resident)  # the paper's, as train() runs by default
     epoch_images, epoch_labels = prepare_epoch(resident, resident_labels, generator, precision, normalise)
 
     def batch(index: int):
@@ -148,13 +144,13 @@ def project_loop(
     for index in range(untimed_steps):
         step(*batch(index))
     record.reset_epoch()
-    _sync(device)
+    synchronise(device)
     started = time.perf_counter()
     for index in range(untimed_steps, untimed_steps + steps):
         if index % per_epoch == 0 and index > 0:
             epoch_images, epoch_labels = prepare_epoch(resident, resident_labels, generator, precision, normalise)
         step(*batch(index))
-    _sync(device)
+    synchronise(device)
     seconds = time.perf_counter() - started
     return steps * batch_size / seconds, step.mode, record.loss_sum.item() / (steps * batch_size)
 
@@ -297,7 +293,7 @@ def _print_cpu_variants(parser: argparse.ArgumentParser, models: list[str], batc
     chosen = faster_layout(fp32_seconds)
     print(f"\nan fp32 study here trains in {chosen}: channels_last at "
           f"{fp32_seconds['contiguous'] / fp32_seconds['channels_last']:.2f}x the speed of contiguous ("
-          f"{', '.join(models)}; config.faster_layout leaves contiguous only for a gain of {LAYOUT_GAIN:.2f}x)"
+          f"{', '.join(models)}; hardware.faster_layout leaves contiguous only for a gain of {LAYOUT_GAIN:.2f}x)"
           + ("; this CPU computes bf16 natively, so the study's precision 'best' runs bf16, channels_last"
              if cpu_has_native_bf16() else ""), flush=True)
 

@@ -1,4 +1,4 @@
-"""Train one ImageNet cell data-parallel, the paper's way (section 3.4, ``imagenet_config``): one
+"""Train one ImageNet cell data-parallel, the paper's way (section 3.4, ``imagenet.config``): one
 process per GPU (gloo processes on a CPU), each with its shard of every global batch and its own
 BatchNorm statistics, gradients averaged by DistributedDataParallel.
 
@@ -25,17 +25,18 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from ..config import ConfigError, processor_description
-from ..data import DataError
-from ..imagenet import open_imagenet
-from ..imagenet_config import ImageNetConfig
+from ..hardware import processor_description
 from ..measures import count_multiply_adds, count_parameters
 from ..models import build_model
 from ..paths import atomic_write_bytes, runs_dir
+from ..settings import ConfigError, DataError
 from ..tracking import keys, store
-from .distributed import World, check_world, join, launch, launched_world, leave, rank_share, sum_over_ranks
-from .engine import SGD, Precision, StepMetrics
-from .imagenet_input import (
+from ..training.distributed import World, check_world, join, launch, launched_world, leave, rank_share, sum_over_ranks
+from ..training.engine import SGD, Precision, StepMetrics
+from ..training.stop import StopSignals
+from .config import ImageNetConfig
+from .data import open_imagenet
+from .input import (
     DECODER,
     NORMALISATION,
     ImageNetImages,
@@ -50,7 +51,6 @@ from .imagenet_input import (
     top_hits,
     training_view,
 )
-from .stop import StopSignals
 
 
 def train_imagenet(config: ImageNetConfig, *, tracking_uri: str | None = None, parent_run_id: str | None = None,
@@ -361,14 +361,14 @@ def _per_class(items, limit: int | None) -> tuple[tuple[str, int], ...]:
 def main(argv: list[str] | None = None) -> int:
     """One rank of a cell, for a launcher that starts every rank itself, torchrun on one node::
 
-        torchrun --nproc_per_node 8 -m resnet.training.imagenet_loop data=/path/to/imagenet model=resnet34 \\
+        torchrun --nproc_per_node 8 -m resnet.imagenet.loop data=/path/to/imagenet model=resnet34 \\
             shortcut=A world_size=8 [study=adhoc] [tracking_uri=http://host:5000]
 
     (A study's cells go through their notebook instead, which starts the processes itself.)"""
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m resnet.training.imagenet_loop", description=main.__doc__,
+    parser = argparse.ArgumentParser(prog="python -m resnet.imagenet.loop", description=main.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("settings", nargs="*", metavar="key=value", help="ImageNetConfig settings, tracking_uri")
     pairs = parser.parse_args(argv).settings
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         config = ImageNetConfig.from_mapping(values)
         run_id = train_imagenet(config, tracking_uri=tracking_uri)
     except (ConfigError, DataError) as error:
-        print(f"imagenet_loop: {error}", file=sys.stderr)
+        print(f"resnet.imagenet.loop: {error}", file=sys.stderr)
         return 2
     if run_id is not None:  # rank 0's
         print(f"{config.run_name}: MLflow run {run_id}", flush=True)

@@ -26,9 +26,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import paper
-from ..imagenet import load_rgb
 from ..paths import atomic_write_bytes
-from .engine import Normalisation, Precision
+from ..training.engine import Normalisation, Precision
+from .data import load_rgb
 
 CROPS_PER_IMAGE = 10  # the standard 10-crop test: 4 corners and the centre, and their mirrors
 # How this input path decodes, as a run records it (the page's provenance names it).

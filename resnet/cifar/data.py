@@ -29,7 +29,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .paths import atomic_write_bytes, data_dir
+from ..paths import atomic_write_bytes, data_dir
+from ..settings import DataError
 
 # torchvision's class order: label i is CLASSES[i].
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -41,10 +42,6 @@ STD = (0.2470, 0.2435, 0.2616)
 
 _CACHE_VERSION = 2  # 2: descriptions name files by SHA-256, not by path
 _SYNTHETIC_DEFAULT_SIZE = 1280
-
-
-class DataError(ValueError):
-    """The data source is missing, malformed or unreachable; the message says how to fix it."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass
 
 from .. import paper
-from ..config import ConfigError, TrainConfig
+from ..settings import ConfigError
+from .config import TrainConfig
 
 
 @dataclass(frozen=True)
