@@ -4,6 +4,7 @@ Shared by the CIFAR-10 and ImageNet runs, the analyses and the study's planner; 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -45,11 +46,23 @@ def resolve_precision(precision: str, device_type: str) -> str:
     return precision
 
 
+# oneDNN's ISA names below its first with bf16 dot products (AVX512_CORE_BF16): where ONEDNN_MAX_CPU_ISA caps the
+# CPU at one of these, its kernels compute bf16 the slow way, as on a CPU without it (so an AVX512-BF16 machine run
+# with ONEDNN_MAX_CPU_ISA=AVX2 and ATEN_CPU_CAPABILITY=avx2 stands in for an AVX2-only one, fp32 included).
+ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def onednn_isa_cap() -> str | None:
+    """The ISA oneDNN is capped at (``ONEDNN_MAX_CPU_ISA``, or DNNL_MAX_CPU_ISA, its older name), None without one."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return cap.strip().upper() if cap and cap.strip().upper() not in ("", "ALL", "DEFAULT") else None
+
+
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX, read from /proc/cpuinfo);
-    elsewhere bf16 autocast is emulated and slower than fp32, so ``best`` keeps fp32."""
+    """Whether this CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX, read from /proc/cpuinfo) and oneDNN is
+    not capped below it; elsewhere bf16 autocast is emulated and slower than fp32, so ``best`` keeps fp32."""
     cpuinfo = Path("/proc/cpuinfo")
-    if not sys.platform.startswith("linux") or not cpuinfo.is_file():
+    if not sys.platform.startswith("linux") or not cpuinfo.is_file() or onednn_isa_cap() in ONEDNN_ISAS_WITHOUT_BF16:
         return False
     flags = set(cpuinfo.read_text(errors="replace").split())
     return bool(flags & {"avx512_bf16", "amx_bf16"})
@@ -69,4 +82,5 @@ def processor_description() -> str:
     flags = set(text.split())
     features = [f"{'' if flag in flags else 'no '}{name}" for flag, name in
                 (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX"), ("avx2", "AVX2"))]
-    return f"{names[0] if names else 'unknown CPU'} ({', '.join(features)})"
+    cap = f"; oneDNN capped at {onednn_isa_cap()}" if onednn_isa_cap() else ""
+    return f"{names[0] if names else 'unknown CPU'} ({', '.join(features)}{cap})"

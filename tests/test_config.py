@@ -104,14 +104,39 @@ def test_legacy_fingerprints_are_the_identities_earlier_versions_recorded():
 
 
 def test_best_precision_is_bf16_where_the_hardware_computes_it_else_fp32(monkeypatch):
-    from resnet import hardware as config_module
+    from resnet import hardware
 
     assert resolve_precision("best", "cuda") == "bf16"
-    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
     assert resolve_precision("best", "cpu") == "bf16"
-    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
     assert resolve_precision("best", "cpu") == "fp32"
     assert TrainConfig(precision="best").resolved_for("cpu").precision == "fp32"
+
+
+def test_onednn_capped_below_bf16_is_a_cpu_without_it(monkeypatch, tmp_path):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN compute bf16 the slow way: best then keeps fp32, and a run says so."""
+    from resnet import hardware
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    monkeypatch.setattr(hardware, "Path", lambda _: cpuinfo)
+    monkeypatch.setattr(hardware.sys, "platform", "linux")
+    for cap in (None, "ALL", "AVX512_CORE_BF16", "AVX512_CORE_AMX"):
+        monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+        if cap:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        else:
+            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        assert hardware.cpu_has_native_bf16() is True, cap
+    assert hardware.processor_description() == "AMD EPYC (AVX512-BF16, no AMX, AVX2; oneDNN capped at AVX512_CORE_AMX)"
+    for cap in ("AVX2", "avx512_core"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert hardware.cpu_has_native_bf16() is False and resolve_precision("best", "cpu") == "fp32", cap
+    assert hardware.processor_description() == "AMD EPYC (AVX512-BF16, no AMX, AVX2; oneDNN capped at AVX512_CORE)"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    assert hardware.cpu_has_native_bf16() is False
 
 
 def test_threads_and_evaluation_frequency_are_not_part_of_the_identity():
