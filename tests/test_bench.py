@@ -78,7 +78,7 @@ def test_bench_on_the_cpu_times_the_step_variants_on_one_thread_compiled_include
     ratio = (8 / speeds[0]) / (8 / speeds[1])
     chosen = "channels_last" if ratio >= 1.05 else "contiguous"
     assert re.search(rf"an fp32 study here trains in {chosen}: channels_last at \d+\.\d\dx the speed of contiguous "
-                     r"\(resnet20; config.faster_layout leaves contiguous only for a gain of 1.05x\)", output)
+                     r"\(resnet20; hardware.faster_layout leaves contiguous only for a gain of 1.05x\)", output)
 
 
 def test_the_imagenet_bench_times_every_input_path_on_the_cpu_and_says_training_needs_a_gpu(capsys):
