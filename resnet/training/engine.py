@@ -1,5 +1,6 @@
-"""What one step of training is: the optimiser, augmentation and normalisation on the device, the
-eager and CUDA-graph steps, evaluation, and the Figure 7 layer statistics.
+"""What one step of training is, whichever the data set: the optimiser and normalisation on the device, the
+eager and CUDA-graph steps, evaluation, and the Figure 7 layer statistics (CIFAR-10's augmentation is
+``cifar.input``'s).
 
 The CIFAR-10 loop and bench (``cifar.loop``, ``cifar.bench``) and the ImageNet loop build on these parts, so
 the bench times exactly the step that training runs.
