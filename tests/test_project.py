@@ -75,3 +75,17 @@ def test_the_tracked_tree_stays_small_and_the_reference_index_names_every_page()
     assert pages and [page for page in pages if f"[`{page}`]({page})" not in index] == []
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) < 200 and "docs/results.md" in readme
+
+
+def test_every_link_the_readme_the_docs_and_the_index_give_to_a_file_here_leads_to_one():
+    """A newcomer follows links: each relative link (``[text](path)``, also to an image) names a file or folder of
+    the checkout. A page or CSV that left the tree must leave its links too (git keeps it at its commit)."""
+    texts = [ROOT / "README.md", ROOT / "reports" / "reference" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for text in texts:
+        for target in re.findall(r"\]\(([^)\s]+)\)", text.read_text()):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue  # a web address or an anchor
+            if not (text.parent / target.split("#")[0]).exists():
+                broken.append(f"{text.relative_to(ROOT)}: {target}")
+    assert broken == []

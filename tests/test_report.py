@@ -5,6 +5,7 @@ import base64
 import re
 import shutil
 from html import unescape
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,6 +19,7 @@ from resnet.report.build import build_report, main
 from resnet.report.families import FAMILY_OF, controlled, family_table
 from resnet.report.results import IMAGENET_METRICS, collect_runs, read_csv
 from resnet.report.statistics import control_family, holm, judge
+from resnet.report.why_shortcuts import analyses_csv_path
 from resnet.tracking import keys
 from resnet.tracking import store as mlflow_store
 
@@ -699,3 +701,14 @@ def test_figure_6_marks_each_learning_rate_drop_at_the_row_before_it():
     assert lr_drops(frame, [("resnet20", "A")]) == [78, 156]
     assert lr_drops(frame.assign(lr=0.1), [("resnet20", "A")]) == []
     assert lr_drops(frame, [("plain20", "none")]) == []
+
+
+def test_the_analyses_csv_lies_beside_the_metrics_csv_compressed_as_it_is(tmp_path):
+    """A long page's CSV is committed gzipped (cpu-drops: 2.3 MB to 82 kB); its analyses go beside it the same way,
+    and a page rebuilt from it finds them."""
+    assert analyses_csv_path("reports/x-metrics.csv") == Path("reports/x-analyses.csv")
+    assert analyses_csv_path("reports/x-metrics.csv.gz") == Path("reports/x-analyses.csv.gz")
+    frame = read_csv(ROOT / "reports/reference/cifar-depth-laptop-cpu-cifar10jpeg-metrics.csv.gz")
+    frame.to_csv(tmp_path / "copy-metrics.csv.gz", index=False)
+    columns = ["cell", "step", "train_error", "test_error", "final_train_error"]
+    pd.testing.assert_frame_equal(read_csv(tmp_path / "copy-metrics.csv.gz")[columns], frame[columns])

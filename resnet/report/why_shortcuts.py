@@ -100,9 +100,12 @@ def collect_analyses(study: str, run_ids: set[str], tracking_uri: str | None = N
 
 
 def analyses_csv_path(metrics_csv: str | Path) -> Path:
-    """Where the analyses' curves go beside a page's metrics CSV."""
+    """Where the analyses' curves go beside a page's metrics CSV, compressed as it is (``x-metrics.csv.gz``:
+    ``x-analyses.csv.gz``; pandas reads and writes either by the name)."""
     path = Path(metrics_csv)
-    return path.with_name(path.stem.removesuffix("-metrics") + "-analyses.csv")
+    compressed = path.name.endswith(".gz")
+    stem = path.name.removesuffix(".gz").removesuffix(".csv").removesuffix("-metrics")
+    return path.with_name(stem + "-analyses.csv" + (".gz" if compressed else ""))
 
 
 def read_analyses_csv(path: str | Path) -> pd.DataFrame:
