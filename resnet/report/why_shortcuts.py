@@ -110,8 +110,8 @@ def analyses_csv_path(metrics_csv: str | Path) -> Path:
 
 def read_analyses_csv(path: str | Path) -> pd.DataFrame:
     """An analyses CSV as ``collect_analyses`` returns it (one written before the loss-surface grid has no
-    second coordinate)."""
-    blank = {"x": [""], "y": [""], keys.CURVE_SECOND_X: [""]}
+    second coordinate; an interrupted analysis run has no time)."""
+    blank = {"x": [""], "y": [""], keys.CURVE_SECOND_X: [""], "analysis_seconds": [""]}
     return pd.read_csv(path, dtype={"shortcut": str, "run_id": str, "measured_run": str, "series": str,
                                     "failure_reason": str}, keep_default_na=False,
                        na_values=blank).reindex(columns=ANALYSIS_COLUMNS)
