@@ -48,7 +48,7 @@ def resolve_precision(precision: str, device_type: str) -> str:
 
 # oneDNN's ISA names below its first with bf16 dot products (AVX512_CORE_BF16): where ONEDNN_MAX_CPU_ISA caps the
 # CPU at one of these, its kernels compute bf16 the slow way, as on a CPU without it (so an AVX512-BF16 machine run
-# with ONEDNN_MAX_CPU_ISA=AVX2 and ATEN_CPU_CAPABILITY=avx2 stands in for an AVX2-only one, fp32 included).
+# with ONEDNN_MAX_CPU_ISA=AVX2 stands in for an AVX2-only one, fp32 included; docs/cpu.md).
 ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
