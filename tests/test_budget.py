@@ -3,6 +3,7 @@ again, and tells the time left from what it measured."""
 
 import pytest
 
+from resnet import hardware
 from resnet.cifar.checkpoints import kept_states
 from resnet.cifar.config import TrainConfig
 from resnet.cifar.loop import train
@@ -108,6 +109,8 @@ def test_bad_budgets_and_unplannable_profiles_are_refused_before_any_work(monkey
 
 
 def test_plan_prints_and_exits_and_minutes_picks_a_profile_of_that_length(store, monkeypatch, capsys):
+    # A bf16 CPU's plan (one probe, no layout to choose), whatever CPU runs the test: an fp32 one probes both layouts.
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(budget, "probe_networks", _stub_probe([]))
     monkeypatch.setattr("resnet.studies.cli.usable_cores", lambda: 2)
     ran = []
