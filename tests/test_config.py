@@ -176,9 +176,13 @@ def test_warmup_runs_carry_the_rule_that_ends_the_warmup_in_their_identity():
     assert plain.fingerprint() == _hash({**identity, "warmup": False})
 
 
-def test_a_run_names_its_processor_and_whether_it_computes_bf16_natively():
-    """CPUs differ (bf16 rounding follows the CPU's kernels): the run records which one it ran on."""
+def test_a_run_names_its_processor_and_whether_it_computes_bf16_natively(monkeypatch):
+    """CPUs differ (bf16 rounding follows the CPU's kernels): the run records which one it ran on (uncapped here;
+    a oneDNN cap has its own test)."""
     from resnet.hardware import cpu_has_native_bf16, processor_description
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
 
     described = processor_description()
     model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
