@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision.datasets
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
@@ -132,7 +133,7 @@ def test_the_official_archives_are_unpacked_by_one_process_while_the_others_wait
     the tree (three processes on one node)."""
     for name in OFFICIAL_ARCHIVES:
         (tmp_path / name).write_bytes(b"")
-    monkeypatch.setattr(imagenet, "ImageNet", _SlowUnpacker)
+    monkeypatch.setattr(torchvision.datasets, "ImageNet", _SlowUnpacker)  # imagenet._unpack imports it from there
     context = multiprocessing.get_context("fork")
     processes = [context.Process(target=_unpack_in, args=(tmp_path,)) for _ in range(3)]
     for process in processes:

@@ -130,6 +130,15 @@ def test_the_report_and_the_mlflow_plumbing_never_load_torch_or_the_training_con
     assert loaded.stdout.strip() == "[]"
 
 
+def test_a_cifar_cell_and_the_study_runner_never_load_torchvision():
+    """Importing torchvision loads its models and, through them, torch._dynamo: about 2 s a process on a 2-core
+    EPYC, paid by every cell's kernel and every study command; only the ImageNet input and the download use it."""
+    probe = ("import sys, resnet.studies.notebook, resnet.studies.cli, resnet.analysis.run; "
+             "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
 def test_no_module_is_longer_than_a_reader_holds():
     lengths = {str(path.relative_to(ROOT)): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
     assert {path: n for path, n in lengths.items() if n > MAX_LINES} == {}

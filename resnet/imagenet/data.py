@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
-from torchvision.datasets import ImageNet
 
 from ..paths import data_dir
 from ..settings import DataError
@@ -129,6 +128,8 @@ def _unpack(archives: Path, fallback: Path) -> Path:
                 link.symlink_to(archives / name)
     # Every rank of a data-parallel cell opens the data (torchrun starts them together): one process per
     # node unpacks while the others wait on the lock, then find the tree and go on.
+    from torchvision.datasets import ImageNet  # here: importing torchvision costs every CIFAR cell about 2 s
+
     with open(target / UNPACK_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

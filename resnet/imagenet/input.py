@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
@@ -28,6 +27,10 @@ from torch.utils.data import DataLoader
 from .. import paper
 from ..paths import atomic_write_bytes
 from ..training.engine import Normalisation, Precision
+
+# torchvision is imported inside the functions that use it: importing it loads its models and, through them,
+# torch._dynamo (about 2 s), which every CIFAR cell's kernel would pay for nothing (the notebook driver imports
+# the ImageNet loop beside the CIFAR one).
 from .data import load_rgb
 
 CROPS_PER_IMAGE = 10  # the standard 10-crop test: 4 corners and the centre, and their mirrors
@@ -54,6 +57,8 @@ PAPER_VIEWS = ViewSizes()
 
 def resize_shorter_side(image: Image.Image, length: int) -> Image.Image:
     """``image`` scaled (bilinear, antialiased) so that its shorter side is ``length``."""
+    import torchvision.transforms.v2.functional as TF
+
     return TF.resize(image, length, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
 
 
@@ -61,6 +66,8 @@ def training_view(image: Image.Image, generator: torch.Generator | None = None,
                   sizes: ViewSizes = PAPER_VIEWS) -> torch.Tensor:
     """One training crop of ``image`` (section 3.4): scale augmentation, a random 224 crop, a random
     flip. 3 x 224 x 224 uint8."""
+    import torchvision.transforms.v2.functional as TF
+
     low, high, crop = sizes.scale_min, sizes.scale_max, sizes.crop
     shorter = int(torch.randint(low, high + 1, (), generator=generator))
     image = resize_shorter_side(image, shorter)
@@ -72,6 +79,8 @@ def training_view(image: Image.Image, generator: torch.Generator | None = None,
 
 def centre_view(image: Image.Image, sizes: ViewSizes = PAPER_VIEWS) -> torch.Tensor:
     """The single validation view: shorter side 256, the centre 224x224 crop. 3 x 224 x 224 uint8."""
+    import torchvision.transforms.v2.functional as TF
+
     resized = resize_shorter_side(image, sizes.test_size)
     return TF.pil_to_tensor(TF.center_crop(resized, [sizes.crop, sizes.crop]))
 
@@ -79,6 +88,8 @@ def centre_view(image: Image.Image, sizes: ViewSizes = PAPER_VIEWS) -> torch.Ten
 def ten_crop_views(image: Image.Image, sizes: ViewSizes = PAPER_VIEWS) -> torch.Tensor:
     """The standard 10-crop test views of ``image`` at shorter side 256: top-left, top-right,
     bottom-left, bottom-right and centre, then the same of its mirror. 10 x 3 x 224 x 224 uint8."""
+    import torchvision.transforms.v2.functional as TF
+
     resized = TF.pil_to_tensor(resize_shorter_side(image, sizes.test_size))
     return torch.stack(TF.ten_crop(resized, [sizes.crop, sizes.crop]))
 
@@ -90,6 +101,7 @@ def decode_training_views(encoded: list[bytes], device: torch.device, generator:
     flipped there as ``training_view`` does (the crop taken from the decoded image and resized, the
     same region as resizing first). The candidate GPU input path; ``make bench MODE=imagenet`` weighs
     it against the PIL path. N x 3 x crop x crop uint8 on ``device``."""
+    import torchvision.transforms.v2.functional as TF
     from torchvision.io import ImageReadMode, decode_jpeg
 
     files = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in encoded]
