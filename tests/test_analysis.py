@@ -382,7 +382,10 @@ def test_a_profiles_analyses_run_as_cells_of_the_pool_and_a_rerun_measures_nothi
     (tmp_path / "why.yaml").write_text(
         'defaults: {batch_size: 32, data: "synthetic:320", device: cpu, iterations: 20}\n'
         "grid: [{model: [plain20, resnet20]}]\n"
-        "profiles:\n  p: {seeds: [0], analyses: {shattering: [init, final], lesion: [final]}}\n")
+        "profiles:\n  p: {seeds: [0], analyses: {shattering: [init, final], lesion: [final]},\n"
+        # The pool's handling is under test, not the measures (test_analysis above): the smallest sizes.
+        "     analysis_settings: {shattering_lines: 1, shattering_points: 16, shattering_max_lag: 4,\n"
+        "                         shattering_calibration_images: 32, lesion_images: 32, lesion_draws: 1}}\n")
     study = load_study(str(tmp_path / "why.yaml"), "p")
     trained = run_study(study, tracking_uri=store, progress=False)
     measured = run_analyses(study, trained, tracking_uri=store)

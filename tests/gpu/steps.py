@@ -153,7 +153,8 @@ def science(args) -> dict:
     study_file = str(_trimmed_cifar_depth(args.work, cut_models=args.mode != "gpu"))
     arguments = ["--study", study_file, "--profile", "cpu-long", "--data", args.data, "--tracking-uri", args.uri,
                  "--jobs", "4"]
-    arguments += [] if args.mode == "gpu" else ["--seeds", "0", "--set", "iterations=2"]
+    # In the CPU mode two steps and a look at 200 test images: the path, not the numbers, is checked there.
+    arguments += [] if args.mode == "gpu" else ["--seeds", "0", "--set", "iterations=2", "--set", "test_subset=200"]
     started = time.perf_counter()
     code = study_main(arguments)
     seconds = time.perf_counter() - started
@@ -293,10 +294,12 @@ def _cell_runs(uri: str, study_name: str):
 
 
 def _one_cell_smoke(work: Path) -> Path:
+    """The smoke study's lightest cell alone, at half the smoke profile's images (the CPU mode only runs it)."""
     import yaml
 
     smoke = yaml.safe_load((ROOT / "experiments" / "smoke.yaml").read_text())
     degradation = yaml.safe_load((ROOT / "experiments" / "degradation.yaml").read_text())
+    smoke["profiles"]["smoke"]["settings"].update(train_subset=64, test_subset=64)
     one = {**degradation, "profiles": smoke["profiles"], "default_profile": "smoke",
            "grid": [{"model": "plain18"}]}
     path = work / "smoke-one.yaml"
