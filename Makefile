@@ -104,7 +104,7 @@ lint: $(VENV)/.installed-test ## Check style with ruff (lines up to 120 characte
 	$(BIN)/ruff check resnet tests
 
 .PHONY: test
-test: lint test-packages ## Lint, then run the test suite (CPU only; about 15 minutes on 2 cores, set-up aside)
+test: lint test-packages ## Lint, then run the test suite (CPU only; about 15 minutes on 2 AVX512 cores, set-up aside; docs/usage.md)
 	$(BIN)/python -m pytest
 
 # The edit loop: the unit tests of the package's parts (config, models, engine, data, layout, report, analyses,
