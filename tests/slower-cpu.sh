@@ -7,8 +7,8 @@
 # One busy loop per core, pinned there at the command's priority: wherever the command computes it gets half of
 # that core (the kernel shares a core equally between tasks of equal weight), while its sleeps, waits on servers
 # and Slurm's scheduling take the time they take, as on a slower CPU. Measured on a 2-core AMD EPYC (AVX512-BF16,
-# fp32): a plain-56 training step at batch 128 on one thread ran at 80 images/s alone, 43 beside the loops, the
-# rate the brief gives for a 2-core AVX2-only EPYC (44). Add ONEDNN_MAX_CPU_ISA=AVX2 so that the project also
+# fp32): a plain-56 training step at batch 128 on one thread ran at 80 images/s alone, 46 beside the loops, near
+# the rate the brief gives for a 2-core AVX2-only EPYC (44). Add ONEDNN_MAX_CPU_ISA=AVX2 so that the project also
 # takes the CPU for one without native bf16 (docs/cpu.md). The loops share the command's session, so the kernel's
 # autogroups (one per session) do not give the command a core's share of its own.
 set -euo pipefail

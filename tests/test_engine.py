@@ -159,7 +159,7 @@ def _train_steps(precision: Precision, steps: int, images: int = 16) -> list[flo
 
 
 # 16 images and 8 steps: where the CPU has no native bf16 (most laptops: AVX2 only) bf16 is emulated, 16 times
-# slower than fp32; with oneDNN capped at AVX2 on the EPYC, 64 images for 12 steps took 16 s, these 3.7 s.
+# slower than fp32; with oneDNN capped at AVX2 on the EPYC, 64 images for 12 steps took 16 s, these about 4 s.
 def test_bf16_on_the_cpu_trains_and_its_loss_falls():
     bf16 = _train_steps(Precision.for_device("bf16", torch.device("cpu")), steps=8)
     fp32 = _train_steps(Precision.for_device("fp32", torch.device("cpu")), steps=8)

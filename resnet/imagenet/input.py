@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader
 from .. import paper
 from ..paths import atomic_write_bytes
 from ..training.engine import Normalisation, Precision
+from .data import load_rgb
 
 # torchvision is imported inside the functions that use it: importing it loads its models and, through them,
 # torch._dynamo (about 2 s), which every CIFAR cell's kernel would pay for nothing (the notebook driver imports
 # the ImageNet loop beside the CIFAR one).
-from .data import load_rgb
 
 CROPS_PER_IMAGE = 10  # the standard 10-crop test: 4 corners and the centre, and their mirrors
 # How this input path decodes, as a run records it (the page's provenance names it).
