@@ -259,9 +259,12 @@ def test_a_study_on_slurm_survives_preemption_and_cancellation_and_reports_from_
     cluster.wait_for(lambda: states()[preempted] == "PENDING" and states().get(cancelled) != "COMPLETING", 60,
                      "the preempted job requeued", runs_dir / "two" / "slurm" / preempted / f"{preempted}_0_log.err")
     assert states().get(cancelled, "CANCELLED") == "CANCELLED"
-    job_log = (runs_dir / "two" / "slurm" / preempted / f"{preempted}_0_log.out").read_text()
+    log_path = runs_dir / "two" / "slurm" / preempted / f"{preempted}_0_log.out"
+    # submitit writes its requeue line after Slurm shows the job pending: wait for it, not only for the state.
+    cluster.wait_for(lambda: f"Requeued job {preempted}" in log_path.read_text(), 30, "submitit's requeue line",
+                     log_path)
+    job_log = log_path.read_text()
     assert "warning signal: stopping the cells, then requeueing this job" in job_log  # StudyShard.checkpoint
-    assert f"Requeued job {preempted}" in job_log
     # Slurm holds a requeued job for two minutes (its BeginTime); let it start now.
     slurm.command("scontrol", "update", f"jobid={preempted}", "StartTime=now")
 
